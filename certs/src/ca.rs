@@ -1,0 +1,198 @@
+//! The private certificate authority and the certificate profiles it issues.
+//!
+//! Profiles:
+//! - CA: `CA:TRUE, pathlen 0`, keyCertSign + cRLSign, and a URI SAN `spiffe://<trust-domain>`
+//!   so every later command (and the relay) reads the trust domain from the CA itself.
+//! - relay: serverAuth only, DNS/IP SANs.
+//! - agent: clientAuth only, exactly one URI SAN `spiffe://<td>/cluster/<c>/node/<n>`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use tether_proto::identity::{validate_trust_domain, Identity};
+use time::{Duration, OffsetDateTime};
+
+use crate::files::{check_absent, write_atomic, Overwrite, Secrecy};
+
+/// Certificates are valid from a little in the past so that peers whose clocks lag by a
+/// few minutes accept them.
+const BACKDATE: Duration = Duration::minutes(5);
+
+/// A loaded CA: its certificate, key and trust domain.
+pub struct Ca {
+    pub cert_pem: String,
+    pub trust_domain: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A freshly issued certificate and its private key, both PEM.
+pub struct IssuedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// File names inside a CA directory.
+pub fn ca_cert_path(dir: &Path) -> PathBuf {
+    dir.join("ca.pem")
+}
+pub fn ca_key_path(dir: &Path) -> PathBuf {
+    dir.join("ca.key")
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes: [u8; 16] = rand::random();
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // and never shortened by DER's leading-zero rule
+    SerialNumber::from_slice(&bytes)
+}
+
+fn validity(params: &mut CertificateParams, days: u32) -> Result<()> {
+    if days == 0 {
+        bail!("--days must be at least 1");
+    }
+    let now = OffsetDateTime::now_utc();
+    params.not_before = now - BACKDATE;
+    params.not_after = now + Duration::days(days.into());
+    Ok(())
+}
+
+impl Ca {
+    /// Creates a new CA in `dir` (`ca.pem`, `ca.key` mode 0600).
+    pub fn init(dir: &Path, trust_domain: &str, days: u32, overwrite: Overwrite) -> Result<Ca> {
+        validate_trust_domain(trust_domain)?;
+        let (cert_path, key_path) = (ca_cert_path(dir), ca_key_path(dir));
+        check_absent(&[&cert_path, &key_path], overwrite).context(
+            "refusing to replace an existing CA (every certificate it issued would stop working)",
+        )?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Tether");
+        dn.push(DnType::CommonName, format!("Tether CA {trust_domain}"));
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.subject_alt_names =
+            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
+        params.serial_number = Some(random_serial());
+        validity(&mut params, days)?;
+        let cert = params.self_signed(&key)?;
+        // Key first: a CA certificate without its key is useless, the reverse is harmless.
+        write_atomic(&key_path, key.serialize_pem().as_bytes(), Secrecy::Secret)?;
+        write_atomic(&cert_path, cert.pem().as_bytes(), Secrecy::Public)?;
+        Ca::load(dir)
+    }
+
+    /// Loads the CA in `dir`.
+    pub fn load(dir: &Path) -> Result<Ca> {
+        Ca::load_files(&ca_cert_path(dir), &ca_key_path(dir))
+    }
+
+    /// Loads a CA from its certificate and key files.
+    pub fn load_files(cert_path: &Path, key_path: &Path) -> Result<Ca> {
+        let cert_pem = std::fs::read_to_string(cert_path).with_context(|| {
+            format!(
+                "reading CA certificate {} (run `tether-certs ca init` first)",
+                cert_path.display()
+            )
+        })?;
+        let key_pem = std::fs::read_to_string(key_path)
+            .with_context(|| format!("reading CA key {}", key_path.display()))?;
+        let key = KeyPair::from_pem(&key_pem)
+            .with_context(|| format!("{} is not a PEM private key", key_path.display()))?;
+        let trust_domain = crate::inspect::ca_trust_domain(&cert_pem)
+            .with_context(|| format!("reading trust domain of {}", cert_path.display()))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert_pem, key)
+            .with_context(|| format!("{} is not a usable CA certificate", cert_path.display()))?;
+        Ok(Ca {
+            cert_pem,
+            trust_domain,
+            issuer,
+        })
+    }
+
+    /// Issues a relay (server) certificate for the given DNS names and IP addresses.
+    pub fn issue_relay(&self, sans: &[String], days: u32) -> Result<IssuedCert> {
+        if sans.is_empty() {
+            bail!("a relay certificate needs at least one --san (for example localhost)");
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(sans.to_vec())
+            .context("invalid --san (expected a DNS name or an IP address)")?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Tether");
+        dn.push(DnType::CommonName, format!("tether-relay {}", sans[0]));
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        validity(&mut params, days)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues an agent (client) certificate carrying `identity` for `public_key`.
+    pub fn issue_agent_for(
+        &self,
+        identity: &Identity,
+        public_key: &impl rcgen::PublicKeyData,
+        days: u32,
+    ) -> Result<String> {
+        if identity.trust_domain != self.trust_domain {
+            bail!(
+                "identity {} is outside this CA's trust domain {}",
+                identity,
+                self.trust_domain
+            );
+        }
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "Tether");
+        dn.push(DnType::OrganizationalUnitName, identity.cluster.as_str());
+        dn.push(DnType::CommonName, identity.node.as_str());
+        params.distinguished_name = dn;
+        params.subject_alt_names = vec![SanType::URI(identity.to_uri().try_into()?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial());
+        validity(&mut params, days)?;
+        Ok(params.signed_by(public_key, &self.issuer)?.pem())
+    }
+
+    /// Issues an agent certificate with a freshly generated key.
+    pub fn issue_agent(&self, identity: &Identity, days: u32) -> Result<IssuedCert> {
+        let key = KeyPair::generate()?;
+        let cert_pem = self.issue_agent_for(identity, &key, days)?;
+        Ok(IssuedCert {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+impl IssuedCert {
+    /// Writes `<dir>/<name>.pem` and `<dir>/<name>.key` (0600); refuses to replace existing
+    /// files unless `overwrite` allows it, checking both before writing either.
+    pub fn write(
+        &self,
+        dir: &Path,
+        name: &str,
+        overwrite: Overwrite,
+    ) -> Result<(PathBuf, PathBuf)> {
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        check_absent(&[&cert_path, &key_path], overwrite)?;
+        write_atomic(&key_path, self.key_pem.as_bytes(), Secrecy::Secret)?;
+        write_atomic(&cert_path, self.cert_pem.as_bytes(), Secrecy::Public)?;
+        Ok((cert_path, key_path))
+    }
+}

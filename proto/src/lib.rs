@@ -1,0 +1,15 @@
+//! `tether-proto`: everything the relay and the agent must agree on.
+//!
+//! Nothing here does I/O beyond reading PEM files: the wire constants ([`wire`]), the
+//! identity carried in agent certificates ([`identity`]), the HTTP headers the relay reads
+//! and writes ([`headers`]), the error codes callers see ([`error_code`]) and the shared
+//! TLS plumbing ([`tls`]).
+
+pub mod error_code;
+pub mod headers;
+pub mod identity;
+pub mod tls;
+pub mod wire;
+
+pub use error_code::ErrorCode;
+pub use identity::{Id, IdError, Identity};
