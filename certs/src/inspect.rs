@@ -2,11 +2,9 @@
 
 use std::fmt;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
-use tether_proto::identity::validate_trust_domain;
-use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// The facts about a certificate an operator asks for.
@@ -27,20 +25,6 @@ pub struct Summary {
 fn first_cert_der(pem: &str) -> Result<CertificateDer<'static>> {
     CertificateDer::from_pem_slice(pem.as_bytes())
         .map_err(|e| anyhow!("no PEM certificate found: {e}"))
-}
-
-fn uri_sans<'a>(cert: &'a X509Certificate<'a>) -> Vec<&'a str> {
-    let Ok(Some(san)) = cert.subject_alternative_name() else {
-        return Vec::new();
-    };
-    san.value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Summarises the first certificate in a PEM document.
@@ -121,17 +105,7 @@ impl fmt::Display for Summary {
 
 /// The trust domain a Tether CA certificate declares (its `spiffe://<td>` URI SAN).
 pub fn ca_trust_domain(pem: &str) -> Result<String> {
-    let der = first_cert_der(pem)?;
-    let (_, cert) = X509Certificate::from_der(&der).context("not a valid X.509 certificate")?;
-    if !cert.is_ca() {
-        bail!("not a CA certificate");
-    }
-    let td = uri_sans(&cert)
-        .into_iter()
-        .find_map(|u| u.strip_prefix("spiffe://").filter(|rest| !rest.contains('/')))
-        .context("CA certificate names no trust domain (spiffe://<trust-domain> URI SAN); was it made by `tether-certs ca init`?")?;
-    validate_trust_domain(td)?;
-    Ok(td.to_owned())
+    Ok(tether_proto::tls::ca_trust_domain(&first_cert_der(pem)?)?)
 }
 
 #[cfg(test)]

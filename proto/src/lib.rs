@@ -5,9 +5,12 @@
 //! and writes ([`headers`]), the error codes callers see ([`error_code`]) and the shared
 //! TLS plumbing ([`tls`]).
 
+pub mod config;
 pub mod error_code;
+pub mod h3body;
 pub mod headers;
 pub mod identity;
+pub mod logging;
 pub mod tls;
 pub mod wire;
 

@@ -34,6 +34,8 @@ pub enum TlsError {
     BadIdentity(#[from] IdError),
     #[error("certificate has several Tether identity URIs; exactly one is allowed")]
     SeveralIdentities,
+    #[error("CA certificate names no trust domain (a spiffe://<trust-domain> URI SAN, as `tether-certs ca init` writes)")]
+    NoTrustDomain,
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -116,4 +118,29 @@ pub fn identity_from_cert(der: &[u8], trust_domain: Option<&str>) -> Result<Iden
         }
     }
     Ok(id)
+}
+
+/// The trust domain a Tether CA certificate declares in its `spiffe://<trust-domain>` URI
+/// SAN (written by `tether-certs ca init`), so that nothing else has to repeat it.
+pub fn ca_trust_domain(der: &[u8]) -> Result<String, TlsError> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    if !cert.is_ca() {
+        return Err(TlsError::BadCertificate("not a CA certificate".into()));
+    }
+    let san = cert
+        .subject_alternative_name()
+        .map_err(|e| TlsError::BadCertificate(e.to_string()))?;
+    let td = san
+        .iter()
+        .flat_map(|s| s.value.general_names.iter())
+        .find_map(|n| match n {
+            x509_parser::extensions::GeneralName::URI(u) => {
+                u.strip_prefix("spiffe://").filter(|td| !td.contains('/'))
+            }
+            _ => None,
+        })
+        .ok_or(TlsError::NoTrustDomain)?;
+    crate::identity::validate_trust_domain(td)?;
+    Ok(td.to_owned())
 }

@@ -1,1 +1,150 @@
-fn main() {}
+//! `tether-relay`: the cloud side of Tether.
+//!
+//! Accepts agents' mutual-TLS QUIC connections (`tunnel`), accepts cloud callers' HTTP
+//! (`ingress`), and carries each request down the chosen agent's connection as an HTTP/3
+//! request stream (`forward`). The `registry` maps node and cluster IDs to live tunnels.
+
+mod admin;
+mod config;
+mod forward;
+mod ingress;
+mod registry;
+mod tls;
+mod tunnel;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use tether_proto::wire::close;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::tunnel::TunnelRegistry;
+
+#[derive(Parser)]
+#[command(
+    name = "tether-relay",
+    version,
+    about = "Tether relay: cloud end of the reverse tunnel"
+)]
+struct Cli {
+    /// TOML config file; TETHER_* environment variables and flags override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// QUIC (UDP) address agents connect to.
+    #[arg(long)]
+    tunnel_listen: Option<String>,
+    /// HTTP address cloud callers send requests to.
+    #[arg(long)]
+    ingress_listen: Option<String>,
+    /// Admin HTTP address (health, /api/nodes).
+    #[arg(long)]
+    admin_listen: Option<String>,
+    /// Request timeout for the response head, e.g. "30s".
+    #[arg(long)]
+    request_timeout: Option<String>,
+    /// Log format: pretty or json.
+    #[arg(long)]
+    log_format: Option<String>,
+}
+
+impl Cli {
+    fn flags(&self) -> serde_json::Value {
+        let v = |o: &Option<String>| o.clone().map(serde_json::Value::from);
+        tether_proto::config::flags([
+            ("tunnel.listen", v(&self.tunnel_listen)),
+            ("ingress.listen", v(&self.ingress_listen)),
+            ("ingress.request_timeout", v(&self.request_timeout)),
+            ("admin.listen", v(&self.admin_listen)),
+            ("log.format", v(&self.log_format)),
+        ])
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let cfg: Config = tether_proto::config::load(cli.config.as_deref(), cli.flags())
+        .context("invalid relay configuration")?;
+    tether_proto::logging::init(&cfg.log);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(run(cfg));
+    if let Err(e) = &result {
+        tracing::error!(error = %format!("{e:#}"), "relay failed");
+    }
+    result
+}
+
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => "SIGINT",
+            _ = term.recv() => "SIGTERM",
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "ctrl-c"
+    }
+}
+
+async fn run(cfg: Config) -> Result<()> {
+    let registry = TunnelRegistry::default();
+
+    let socket = std::net::UdpSocket::bind(cfg.tunnel.listen)
+        .with_context(|| format!("binding tunnel.listen {}", cfg.tunnel.listen))?;
+    let endpoint = quinn::Endpoint::new(
+        tls::endpoint_config(&cfg.tunnel)?,
+        Some(tls::server_config(&cfg.tunnel)?),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    info!(addr = %endpoint.local_addr()?, "tunnel listening");
+
+    let ingress = TcpListener::bind(cfg.ingress.listen)
+        .await
+        .with_context(|| format!("binding ingress.listen {}", cfg.ingress.listen))?;
+    info!(addr = %ingress.local_addr()?, "ingress listening");
+
+    if cfg.admin.enabled {
+        let admin = TcpListener::bind(cfg.admin.listen)
+            .await
+            .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
+        info!(addr = %admin.local_addr()?, "admin listening");
+        tokio::spawn(admin::serve(admin, registry.clone()));
+    }
+
+    tokio::spawn(tunnel::accept_loop(endpoint.clone(), registry.clone()));
+    let router = Arc::new(ingress::Router::new(&cfg.ingress, registry.clone())?);
+    let stop = CancellationToken::new();
+    let ingress_task = tokio::spawn(ingress::serve(
+        ingress,
+        router,
+        stop.clone(),
+        cfg.ingress.drain_timeout,
+    ));
+
+    let signal = shutdown_signal().await;
+    info!(signal, "shutting down: finishing requests in flight");
+    stop.cancel();
+    let _ = ingress_task.await;
+    endpoint.close(close::SHUTDOWN.into(), b"relay shutting down");
+    if tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle())
+        .await
+        .is_err()
+    {
+        warn!("tunnels did not close within 2s");
+    }
+    info!("stopped");
+    Ok(())
+}

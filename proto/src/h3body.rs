@@ -1,0 +1,218 @@
+//! Streaming bodies across the tunnel, used identically by both ends.
+//!
+//! The relay is the HTTP/3 client and the agent the HTTP/3 server, so each end holds a
+//! different h3 stream type; [`H3Recv`] and [`H3Send`] give them one face. [`TunnelBody`]
+//! turns the receiving half into an [`http_body::Body`] (for hyper), and [`pump`] copies a
+//! hyper body into the sending half. Neither ever holds more than one frame: bodies are
+//! streamed, never buffered whole.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use h3::error::{Code, StreamError};
+use h3_quinn::{RecvStream, SendStream};
+use http::HeaderMap;
+use http_body::{Body, Frame};
+
+/// The receiving half of an HTTP/3 request stream.
+pub trait H3Recv: Send + Unpin + 'static {
+    fn poll_data(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>>;
+    fn poll_trailers(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<HeaderMap>, StreamError>>;
+    fn stop_sending(&mut self, code: Code);
+}
+
+/// The sending half of an HTTP/3 request stream.
+pub trait H3Send: Send + 'static {
+    fn send_data(&mut self, data: Bytes) -> impl Future<Output = Result<(), StreamError>> + Send;
+    fn send_trailers(
+        &mut self,
+        trailers: HeaderMap,
+    ) -> impl Future<Output = Result<(), StreamError>> + Send;
+    fn finish(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send;
+    fn stop_stream(&mut self, code: Code);
+}
+
+fn to_bytes(
+    r: Poll<Result<Option<impl Buf>, StreamError>>,
+) -> Poll<Result<Option<Bytes>, StreamError>> {
+    r.map(|r| r.map(|o| o.map(|mut b| b.copy_to_bytes(b.remaining()))))
+}
+
+macro_rules! impl_h3_halves {
+    ($stream:ident) => {
+        impl H3Recv for h3::$stream::RequestStream<RecvStream, Bytes> {
+            fn poll_data(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Option<Bytes>, StreamError>> {
+                to_bytes(self.poll_recv_data(cx))
+            }
+            fn poll_trailers(
+                &mut self,
+                cx: &mut Context<'_>,
+            ) -> Poll<Result<Option<HeaderMap>, StreamError>> {
+                self.poll_recv_trailers(cx)
+            }
+            fn stop_sending(&mut self, code: Code) {
+                h3::$stream::RequestStream::stop_sending(self, code)
+            }
+        }
+
+        impl H3Send for h3::$stream::RequestStream<SendStream<Bytes>, Bytes> {
+            fn send_data(
+                &mut self,
+                data: Bytes,
+            ) -> impl Future<Output = Result<(), StreamError>> + Send {
+                h3::$stream::RequestStream::send_data(self, data)
+            }
+            fn send_trailers(
+                &mut self,
+                trailers: HeaderMap,
+            ) -> impl Future<Output = Result<(), StreamError>> + Send {
+                h3::$stream::RequestStream::send_trailers(self, trailers)
+            }
+            fn finish(&mut self) -> impl Future<Output = Result<(), StreamError>> + Send {
+                h3::$stream::RequestStream::finish(self)
+            }
+            fn stop_stream(&mut self, code: Code) {
+                h3::$stream::RequestStream::stop_stream(self, code)
+            }
+        }
+    };
+}
+
+impl_h3_halves!(client);
+impl_h3_halves!(server);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Data,
+    Trailers,
+    Done,
+}
+
+/// An HTTP/3 receiving half as a hyper body. `G` rides along until the body ends or is
+/// dropped: the relay puts its stream lease there, so a stream counts as outstanding
+/// exactly as long as its response is being read.
+pub struct TunnelBody<R: H3Recv, G: Send + Unpin + 'static = ()> {
+    recv: R,
+    phase: Phase,
+    bytes: u64,
+    guard: Option<G>,
+}
+
+impl<R: H3Recv, G: Send + Unpin + 'static> TunnelBody<R, G> {
+    pub fn new(recv: R, guard: G) -> Self {
+        TunnelBody {
+            recv,
+            phase: Phase::Data,
+            bytes: 0,
+            guard: Some(guard),
+        }
+    }
+
+    /// Body bytes received so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    fn end(&mut self) {
+        self.phase = Phase::Done;
+        self.guard = None;
+    }
+}
+
+impl<R: H3Recv, G: Send + Unpin + 'static> Body for TunnelBody<R, G> {
+    type Data = Bytes;
+    type Error = StreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
+        let this = self.get_mut();
+        loop {
+            match this.phase {
+                Phase::Data => match ready!(this.recv.poll_data(cx)) {
+                    Ok(Some(data)) => {
+                        this.bytes += data.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(data))));
+                    }
+                    Ok(None) => this.phase = Phase::Trailers,
+                    Err(e) => {
+                        this.end();
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                Phase::Trailers => {
+                    let r = ready!(this.recv.poll_trailers(cx));
+                    this.end();
+                    return Poll::Ready(match r {
+                        Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
+                        Ok(None) => None,
+                        Err(e) => Some(Err(e)),
+                    });
+                }
+                Phase::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Done
+    }
+}
+
+/// How a [`pump`] ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// The source body failed (caller or upstream went away mid-body).
+    #[error("source body failed: {0}")]
+    Source(Box<dyn std::error::Error + Send + Sync>),
+    /// The stream failed (peer reset it, or the tunnel died).
+    #[error("tunnel stream failed: {0}")]
+    Stream(#[from] StreamError),
+}
+
+/// Copies `body` into `send` frame by frame, then finishes the stream. On a source error
+/// the stream is reset (so the far end sees a cut body, never a silently short one).
+/// Returns the number of data bytes sent.
+pub async fn pump<B, S>(body: B, send: &mut S) -> Result<u64, PumpError>
+where
+    B: Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S: H3Send,
+{
+    let mut body = std::pin::pin!(body);
+    let mut sent = 0u64;
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                send.stop_stream(Code::H3_REQUEST_CANCELLED);
+                return Err(PumpError::Source(e.into()));
+            }
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                if !data.is_empty() {
+                    sent += data.len() as u64;
+                    send.send_data(data).await?;
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await?;
+                    break;
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(sent)
+}

@@ -1,0 +1,136 @@
+//! Relay configuration (see the README's config reference).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tether_proto::headers::{DEFAULT_CLUSTER_HEADER, DEFAULT_NODE_HEADER};
+use tether_proto::logging::LogConfig;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub tunnel: TunnelConfig,
+    pub ingress: IngressConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+}
+
+/// QUIC (UDP) listener that agents dial.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TunnelConfig {
+    pub listen: SocketAddr,
+    /// CA that signs agent certificates; the only trust anchor for agents.
+    pub ca: PathBuf,
+    /// The relay's server certificate (chain) and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Trust domain agent identities must be in; read from the CA certificate if unset.
+    pub trust_domain: Option<String>,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            listen: ([0, 0, 0, 0], 4433).into(),
+            ca: "pki/ca.pem".into(),
+            cert: "pki/relay.pem".into(),
+            key: "pki/relay.key".into(),
+            trust_domain: None,
+        }
+    }
+}
+
+/// HTTP/1.1 and h2c (prior knowledge) listener for cloud callers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngressConfig {
+    pub listen: SocketAddr,
+    pub node_header: String,
+    pub cluster_header: String,
+    /// Longest wait for the response head; the body may stream for longer.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long SIGTERM/SIGINT waits for requests in flight before closing tunnels.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for IngressConfig {
+    fn default() -> Self {
+        IngressConfig {
+            listen: ([127, 0, 0, 1], 8080).into(),
+            node_header: DEFAULT_NODE_HEADER.into(),
+            cluster_header: DEFAULT_CLUSTER_HEADER.into(),
+            request_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Admin HTTP listener: health and the registry as JSON.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    pub enabled: bool,
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            enabled: true,
+            listen: ([127, 0, 0, 1], 9090).into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_documented_example_parses() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "relay.toml",
+                r#"
+[tunnel]              # QUIC, UDP: agents connect here
+listen = "127.0.0.1:4433"
+ca = "pki/ca.pem"
+cert = "pki/relay.pem"
+key = "pki/relay.key"
+
+[ingress]             # HTTP/1.1 and h2c (prior knowledge), TCP: cloud callers
+listen = "127.0.0.1:8080"
+node_header = "x-node-id"        # default
+cluster_header = "x-cluster-id"  # default
+"#,
+            )?;
+            jail.set_env("TETHER_INGRESS__REQUEST_TIMEOUT", "5s");
+            let cfg: Config = tether_proto::config::load(
+                Some(Path::new("relay.toml")),
+                tether_proto::config::flags([("admin.listen", Some("127.0.0.1:1".into()))]),
+            )?;
+            assert_eq!(cfg.tunnel.listen, "127.0.0.1:4433".parse().unwrap());
+            assert_eq!(cfg.ingress.request_timeout, Duration::from_secs(5));
+            assert_eq!(cfg.admin.listen, "127.0.0.1:1".parse().unwrap());
+            assert_eq!(cfg.ingress.node_header, "x-node-id");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("relay.toml", "[ingress]\nlisten_addr = \"127.0.0.1:1\"\n")?;
+            let r: Result<Config, _> =
+                tether_proto::config::load(Some(Path::new("relay.toml")), serde_json::json!({}));
+            assert!(r.unwrap_err().to_string().contains("listen_addr"));
+            Ok(())
+        });
+    }
+}

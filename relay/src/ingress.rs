@@ -1,0 +1,159 @@
+//! The ingress listener: plain HTTP/1.1 and h2c (prior knowledge) from cloud callers.
+//! Picks the tunnel from the routing headers and hands the request to [`forward`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::HeaderName;
+use http::{HeaderMap, Request, Response};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tether_proto::{ErrorCode, Id};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::config::IngressConfig;
+use crate::forward::{error_response, forward, RespBody};
+use crate::registry::Lease;
+use crate::tunnel::{Link, TunnelRegistry};
+
+/// Everything a request needs to be routed; shared by all connections.
+pub struct Router {
+    registry: TunnelRegistry,
+    node_header: HeaderName,
+    cluster_header: HeaderName,
+    timeout: Duration,
+}
+
+impl Router {
+    pub fn new(cfg: &IngressConfig, registry: TunnelRegistry) -> anyhow::Result<Self> {
+        let header = |name: &str, key: &str| {
+            HeaderName::try_from(name.to_ascii_lowercase())
+                .map_err(|_| anyhow::anyhow!("ingress.{key} {name:?} is not a valid header name"))
+        };
+        Ok(Router {
+            registry,
+            node_header: header(&cfg.node_header, "node_header")?,
+            cluster_header: header(&cfg.cluster_header, "cluster_header")?,
+            timeout: cfg.request_timeout,
+        })
+    }
+
+    /// `x-node-id` wins; else `x-cluster-id`; else an error for the caller.
+    fn route(&self, headers: &HeaderMap) -> Result<Lease<Link>, (ErrorCode, String)> {
+        let parse = |name: &HeaderName| -> Result<Option<Id>, (ErrorCode, String)> {
+            let Some(v) = headers.get(name) else {
+                return Ok(None);
+            };
+            let s = v.to_str().map_err(|_| {
+                (
+                    ErrorCode::BadId,
+                    format!("{name} is not a valid ID (non-ASCII bytes)"),
+                )
+            })?;
+            Id::new(s.trim())
+                .map(Some)
+                .map_err(|e| (ErrorCode::BadId, format!("{name}: {e}")))
+        };
+        if let Some(node) = parse(&self.node_header)? {
+            return self.registry.pick_node(&node).ok_or_else(|| {
+                (
+                    ErrorCode::NoTunnel,
+                    format!("no live tunnel for node {node}"),
+                )
+            });
+        }
+        if let Some(cluster) = parse(&self.cluster_header)? {
+            return self.registry.pick_cluster(&cluster).ok_or_else(|| {
+                (
+                    ErrorCode::NoTunnel,
+                    format!("no live tunnel for cluster {cluster}"),
+                )
+            });
+        }
+        Err((
+            ErrorCode::NoRouteHeader,
+            format!(
+                "send {} or {} to choose the target",
+                self.node_header, self.cluster_header
+            ),
+        ))
+    }
+
+    async fn handle(&self, remote: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
+        let started = Instant::now();
+        let lease = match self.route(req.headers()) {
+            Ok(lease) => lease,
+            Err((code, detail)) => {
+                debug!(%remote, code = %code, detail, "request refused");
+                return error_response(code, &detail);
+            }
+        };
+        let t = lease.tunnel();
+        let span = info_span!(
+            "request",
+            node = %t.identity.node,
+            cluster = %t.identity.cluster,
+            conn = t.conn_id,
+            stream = tracing::field::Empty,
+            method = %req.method(),
+            path = %req.uri().path(),
+        );
+        forward(lease, remote, req, self.timeout, started)
+            .instrument(span)
+            .await
+    }
+}
+
+/// Serves callers until `stop` is cancelled, then lets requests in flight finish for up
+/// to `drain` before returning.
+pub async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "ingress accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        let svc = service_fn(move |req| {
+            let router = router.clone();
+            async move { Ok::<_, Infallible>(router.handle(remote, req).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(tcp), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%remote, error = %e, "ingress connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(?drain, "drain timeout: cutting requests still in flight");
+    }
+}

@@ -1,0 +1,114 @@
+//! The relay's TLS: server certificate, and a client verifier that accepts an agent only
+//! if its certificate chains to our CA, is valid for client auth, *and* carries exactly one
+//! Tether identity in our trust domain. Everything is decided in the handshake, so a bad
+//! agent never gets as far as the registry.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
+};
+use tether_proto::tls::{
+    ca_trust_domain, identity_from_cert, load_certs, load_key, load_roots, provider,
+};
+use tether_proto::wire::{transport_config, Side, ALPN_TUNNEL};
+
+use crate::config::TunnelConfig;
+
+/// Chain and usage checks from webpki, plus the identity check.
+#[derive(Debug)]
+struct IdentityVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    trust_domain: String,
+}
+
+impl ClientCertVerifier for IdentityVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        identity_from_cert(end_entity, Some(&self.trust_domain)).map_err(|e| {
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+        })?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The QUIC server config for the tunnel listener.
+pub fn server_config(cfg: &TunnelConfig) -> Result<quinn::ServerConfig> {
+    let roots = load_roots(&cfg.ca).context("loading tunnel.ca")?;
+    let trust_domain = match &cfg.trust_domain {
+        Some(td) => td.clone(),
+        None => ca_trust_domain(&load_certs(&cfg.ca)?[0])
+            .with_context(|| format!("{}: set tunnel.trust_domain", cfg.ca.display()))?,
+    };
+    tether_proto::identity::validate_trust_domain(&trust_domain)?;
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .context("building the client certificate verifier")?;
+    let verifier = Arc::new(IdentityVerifier {
+        inner: webpki,
+        trust_domain,
+    });
+    let certs = load_certs(&cfg.cert).context("loading tunnel.cert")?;
+    let key = load_key(&cfg.key).context("loading tunnel.key")?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("tunnel.cert and tunnel.key do not form a usable pair")?;
+    tls.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport_config(Side::Relay));
+    Ok(server)
+}
+
+/// The endpoint config: the stateless-reset key is derived from the relay's private key,
+/// so a relay restarted after a crash resets agents' stale connections at once instead of
+/// leaving them to wait out the idle timeout.
+pub fn endpoint_config(cfg: &TunnelConfig) -> Result<quinn::EndpointConfig> {
+    let key = load_key(&cfg.key).context("loading tunnel.key")?;
+    let seed = ring::digest::digest(
+        &ring::digest::SHA256,
+        &[b"tether stateless reset v1".as_slice(), key.secret_der()].concat(),
+    );
+    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref());
+    Ok(quinn::EndpointConfig::new(Arc::new(hmac)))
+}
