@@ -12,20 +12,28 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 
 /// Connection-level headers (RFC 9110 §7.6.1) that must not cross a proxy. HTTP/3 forbids
 /// them outright, so forwarding one would make the agent's h3 stack reject the request.
-const HOP_BY_HOP: [&str; 9] = [
+/// `trailer` stays: it announces trailer fields, and hyper emits HTTP/1.1 trailers only
+/// when it is present.
+const HOP_BY_HOP: [&str; 7] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
-    "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
 
-/// Removes hop-by-hop headers, including any that `Connection` names.
+/// Removes hop-by-hop headers, including any that `Connection` names. `te: trailers` is
+/// kept (HTTP/2 and HTTP/3 allow exactly that value), so callers that accept trailers
+/// still get them end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let te_trailers = headers
+        .get(http::header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(http::header::TE);
+    }
     let named: Vec<HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -52,8 +60,18 @@ mod tests {
         h.insert("x-private", "1".parse().unwrap());
         h.insert("transfer-encoding", "chunked".parse().unwrap());
         h.insert("x-node-id", "n1".parse().unwrap());
+        h.insert("te", "gzip".parse().unwrap());
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-node-id"));
+    }
+
+    #[test]
+    fn keeps_te_trailers_and_trailer_announcements() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("trailer", "x-checksum".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 2);
     }
 }

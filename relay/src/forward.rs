@@ -103,6 +103,7 @@ pub async fn forward(
     started: Instant,
 ) -> Response<RespBody> {
     let (mut parts, body) = req.into_parts();
+    let caller_version = parts.version;
     let tunnel = lease.tunnel().clone();
     tunnel_head(&mut parts, remote, tunnel.identity.node.as_str());
 
@@ -171,6 +172,8 @@ pub async fn forward(
     };
     let (mut head, ()) = head.into_parts();
     strip_hop_by_hop(&mut head.headers);
+    // hyper answers in the caller's protocol and insists the head says so.
+    head.version = caller_version;
     debug!(status = head.status.as_u16(), "response head");
     let completion = Completion {
         _lease: lease,

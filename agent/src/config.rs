@@ -1,0 +1,131 @@
+//! Agent configuration (see the README's config reference).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tether_proto::logging::LogConfig;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Relay QUIC address, `host:port`; resolved again on every connection attempt.
+    pub relay: String,
+    /// Name the relay's certificate must carry (DNS name or IP address).
+    pub server_name: String,
+    /// CA that signed the relay's certificate (and ours).
+    pub ca: PathBuf,
+    /// This agent's certificate and private key; re-read on every (re)connection.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Parallel QUIC connections kept open to the relay.
+    pub connections: usize,
+    /// Allowlist of local services, longest prefix first.
+    pub routes: Vec<RouteConfig>,
+    /// How long to wait for a local service to accept a TCP connection.
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect_timeout: Duration,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    pub upstream: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            relay: "127.0.0.1:4433".into(),
+            server_name: "localhost".into(),
+            ca: "pki/ca.pem".into(),
+            cert: "pki/agent.pem".into(),
+            key: "pki/agent.key".into(),
+            connections: 2,
+            routes: Vec::new(),
+            upstream_connect_timeout: Duration::from_secs(5),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// Most parallel connections one agent may keep (each is a full QUIC connection).
+pub const MAX_CONNECTIONS: usize = 16;
+
+impl Config {
+    /// Checks what serde cannot: ranges and cross-field rules.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            anyhow::bail!(
+                "connections must be 1..={MAX_CONNECTIONS}, got {}",
+                self.connections
+            );
+        }
+        if self
+            .relay
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .is_none()
+        {
+            anyhow::bail!("relay must be host:port, got {:?}", self.relay);
+        }
+        rustls::pki_types::ServerName::try_from(self.server_name.as_str()).map_err(|_| {
+            anyhow::anyhow!("server_name {:?} is not a DNS name or IP", self.server_name)
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn the_documented_example_parses() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "agent.toml",
+                r#"
+relay = "127.0.0.1:4433"
+server_name = "localhost"
+ca = "pki/ca.pem"
+cert = "pki/node-a.pem"
+key = "pki/node-a.key"
+connections = 2           # parallel QUIC connections to the relay
+
+[[routes]]
+prefix = "/downstream_service/"
+upstream = "http://127.0.0.1:3000"
+
+[[routes]]
+prefix = "/"
+upstream = "http://127.0.0.1:3001"
+"#,
+            )?;
+            jail.set_env("TETHER_CONNECTIONS", "3");
+            let cfg: Config =
+                tether_proto::config::load(Some(Path::new("agent.toml")), serde_json::json!({}))?;
+            assert_eq!(cfg.connections, 3);
+            assert_eq!(cfg.routes.len(), 2);
+            assert_eq!(cfg.routes[0].upstream, "http://127.0.0.1:3000");
+            cfg.validate().unwrap();
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn out_of_range_connections_are_refused() {
+        let cfg = Config {
+            connections: 0,
+            ..Config::default()
+        };
+        assert!(cfg
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("connections"));
+    }
+}

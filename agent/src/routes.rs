@@ -1,0 +1,147 @@
+//! The agent's route table: an allowlist of local services chosen by longest path prefix.
+//! A request that matches no route reaches nothing.
+
+use http::uri::{Authority, Scheme};
+use http::Uri;
+
+use crate::config::RouteConfig;
+
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub prefix: String,
+    /// Where matching requests go; the request path is appended unchanged.
+    pub upstream: String,
+    scheme: Scheme,
+    authority: Authority,
+}
+
+impl Route {
+    /// The upstream URI for a request path (path and query passed on unchanged).
+    pub fn target(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("route prefix {0:?} must start with '/'")]
+    BadPrefix(String),
+    #[error("route prefix {0:?} is listed twice")]
+    Duplicate(String),
+    #[error("route upstream {0:?} must be http://host:port (no path; https is not supported yet)")]
+    BadUpstream(String),
+}
+
+/// Routes sorted longest prefix first, so the first match is the longest.
+#[derive(Debug, Clone, Default)]
+pub struct Routes(Vec<Route>);
+
+impl Routes {
+    pub fn new(cfg: &[RouteConfig]) -> Result<Self, RouteError> {
+        let mut routes = Vec::with_capacity(cfg.len());
+        for rc in cfg {
+            if !rc.prefix.starts_with('/') {
+                return Err(RouteError::BadPrefix(rc.prefix.clone()));
+            }
+            if routes.iter().any(|r: &Route| r.prefix == rc.prefix) {
+                return Err(RouteError::Duplicate(rc.prefix.clone()));
+            }
+            let bad = || RouteError::BadUpstream(rc.upstream.clone());
+            let uri: Uri = rc.upstream.parse().map_err(|_| bad())?;
+            let (Some(scheme), Some(authority)) = (uri.scheme(), uri.authority()) else {
+                return Err(bad());
+            };
+            if *scheme != Scheme::HTTP || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+                return Err(bad());
+            }
+            routes.push(Route {
+                prefix: rc.prefix.clone(),
+                upstream: rc.upstream.clone(),
+                scheme: scheme.clone(),
+                authority: authority.clone(),
+            });
+        }
+        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        Ok(Routes(routes))
+    }
+
+    /// The route with the longest prefix of `path`.
+    pub fn find(&self, path: &str) -> Option<&Route> {
+        self.0.iter().find(|r| path.starts_with(&r.prefix))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rc(prefix: &str, upstream: &str) -> RouteConfig {
+        RouteConfig {
+            prefix: prefix.into(),
+            upstream: upstream.into(),
+        }
+    }
+
+    #[test]
+    fn longest_prefix_wins_whatever_the_order() {
+        let routes = Routes::new(&[
+            rc("/", "http://127.0.0.1:3001"),
+            rc("/downstream_service/", "http://127.0.0.1:3000"),
+        ])
+        .unwrap();
+        assert_eq!(
+            routes.find("/downstream_service/x").unwrap().upstream,
+            "http://127.0.0.1:3000"
+        );
+        assert_eq!(
+            routes.find("/other").unwrap().upstream,
+            "http://127.0.0.1:3001"
+        );
+        assert_eq!(
+            routes
+                .find("/downstream_service/a?b")
+                .unwrap()
+                .target("/downstream_service/a?b")
+                .unwrap(),
+            "http://127.0.0.1:3000/downstream_service/a?b"
+        );
+    }
+
+    #[test]
+    fn unmatched_paths_reach_nothing() {
+        let routes = Routes::new(&[rc("/api/", "http://127.0.0.1:3000")]).unwrap();
+        assert!(routes.find("/admin").is_none());
+        assert!(routes.find("/api").is_none());
+    }
+
+    #[test]
+    fn bad_routes_are_refused() {
+        assert!(matches!(
+            Routes::new(&[rc("api", "http://a:1")]),
+            Err(RouteError::BadPrefix(_))
+        ));
+        assert!(matches!(
+            Routes::new(&[rc("/", "http://a:1"), rc("/", "http://b:1")]),
+            Err(RouteError::Duplicate(_))
+        ));
+        for up in [
+            "https://a:1",
+            "http://a:1/path",
+            "127.0.0.1:3000",
+            "not a url",
+        ] {
+            assert!(
+                matches!(Routes::new(&[rc("/", up)]), Err(RouteError::BadUpstream(_))),
+                "{up}"
+            );
+        }
+    }
+}

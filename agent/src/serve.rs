@@ -1,0 +1,143 @@
+//! Serving one request stream from the relay: pick the route, forward to the local
+//! service with a pooled HTTP/1.1 client, and stream the response back up the tunnel.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use h3::server::RequestResolver;
+use h3_quinn::{Connection, SendStream};
+use http::header::{HeaderValue, HOST};
+use http::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tether_proto::h3body::{pump, TunnelBody};
+use tether_proto::headers::strip_hop_by_hop;
+use tether_proto::ErrorCode;
+use tracing::{debug, info, info_span, Instrument};
+
+use crate::routes::Routes;
+
+type Send = h3::server::RequestStream<SendStream<Bytes>, Bytes>;
+type Recv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
+pub type UpstreamClient = Client<HttpConnector, TunnelBody<Recv>>;
+
+/// The pooled HTTP/1.1 client for local services.
+pub fn upstream_client(connect_timeout: std::time::Duration) -> UpstreamClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(90))
+        .pool_max_idle_per_host(1024)
+        .build(http)
+}
+
+/// Shared by every request of every tunnel connection.
+pub struct Service {
+    pub routes: Routes,
+    pub client: UpstreamClient,
+}
+
+/// Answers a Tether error (`x-tether-error` + JSON) on the stream.
+async fn send_error(send: &mut Send, code: ErrorCode, detail: &str) {
+    let resp: Response<String> = code.response(detail);
+    let (head, body) = resp.into_parts();
+    let r = async {
+        send.send_response(Response::from_parts(head, ())).await?;
+        send.send_data(Bytes::from(body)).await?;
+        send.finish().await
+    };
+    if let Err(e) = r.await {
+        debug!(error = %e, "could not send error response");
+    }
+}
+
+/// Handles one request stream to completion.
+pub async fn handle(service: Arc<Service>, resolver: RequestResolver<Connection, Bytes>) {
+    let (req, stream) = match resolver.resolve_request().await {
+        Ok(x) => x,
+        Err(e) => {
+            debug!(error = %e, "could not read request head");
+            return;
+        }
+    };
+    let span = info_span!(
+        "request",
+        stream = stream.id().into_inner(),
+        method = %req.method(),
+        path = %req.uri().path(),
+    );
+    serve(service, req, stream).instrument(span).await
+}
+
+async fn serve(
+    service: Arc<Service>,
+    req: Request<()>,
+    stream: h3::server::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>,
+) {
+    let started = std::time::Instant::now();
+    let (mut send, recv) = stream.split();
+    let (mut parts, ()) = req.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    let Some(route) = service.routes.find(parts.uri.path()) else {
+        info!(status = 404, "no route");
+        let detail = format!("no agent route matches {}", parts.uri.path());
+        return send_error(&mut send, ErrorCode::NoRoute, &detail).await;
+    };
+    let target = match route.target(&path) {
+        Ok(t) => t,
+        Err(e) => return send_error(&mut send, ErrorCode::NoRoute, &e.to_string()).await,
+    };
+    // The caller's Host travels as :authority; give it to the local service unchanged.
+    if let Some(a) = parts.uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+            parts.headers.insert(HOST, v);
+        }
+    }
+    strip_hop_by_hop(&mut parts.headers);
+    parts.uri = target;
+    parts.version = http::Version::HTTP_11;
+    let upstream_req = Request::from_parts(parts, TunnelBody::new(recv, ()));
+
+    let resp = match service.client.request(upstream_req).await {
+        Ok(r) => r,
+        Err(e) => {
+            let detail = format!("{} unreachable: {}", route.upstream, error_chain(&e));
+            info!(status = 502, upstream = %route.upstream, detail, "upstream failed");
+            return send_error(&mut send, ErrorCode::UpstreamUnreachable, &detail).await;
+        }
+    };
+    let (mut head, body) = resp.into_parts();
+    strip_hop_by_hop(&mut head.headers);
+    let status = head.status.as_u16();
+    if let Err(e) = send.send_response(Response::from_parts(head, ())).await {
+        debug!(error = %e, "relay went away before the response head");
+        return;
+    }
+    match pump(body, &mut send).await {
+        Ok(bytes) => info!(
+            status,
+            bytes,
+            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            upstream = %route.upstream,
+            "request done"
+        ),
+        Err(e) => info!(status, error = %e, upstream = %route.upstream, "response cut"),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
