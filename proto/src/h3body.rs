@@ -23,7 +23,6 @@ pub trait H3Recv: Send + Unpin + 'static {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<HeaderMap>, StreamError>>;
-    fn stop_sending(&mut self, code: Code);
 }
 
 /// The sending half of an HTTP/3 request stream.
@@ -57,9 +56,6 @@ macro_rules! impl_h3_halves {
                 cx: &mut Context<'_>,
             ) -> Poll<Result<Option<HeaderMap>, StreamError>> {
                 self.poll_recv_trailers(cx)
-            }
-            fn stop_sending(&mut self, code: Code) {
-                h3::$stream::RequestStream::stop_sending(self, code)
             }
         }
 

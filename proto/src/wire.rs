@@ -9,11 +9,13 @@ use std::time::Duration;
 /// ALPN of the tunnel: HTTP/3 with reversed roles (agent = QUIC client + HTTP/3 server).
 pub const ALPN_TUNNEL: &[u8] = b"tether-h3/1";
 
-/// A connection silent for this long is dead.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// A connection silent for this long is dead. This bounds how long a request to an agent
+/// that vanished without a word (power loss, SIGKILL, cable) can stall before it fails.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Keep-alive well inside [`IDLE_TIMEOUT`] so NAT bindings and the relay's view stay fresh.
-pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+/// Keep-alive well inside [`IDLE_TIMEOUT`] so NAT bindings and the relay's view stay
+/// fresh, and so an agent meets a restarted relay's stateless reset within seconds.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 /// Concurrent request streams the agent lets the relay open on one connection. The relay
 /// multiplexes every request for the node onto a few connections, so this is large.

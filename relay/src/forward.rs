@@ -159,8 +159,9 @@ pub async fn forward(
             );
         }
         Err(_) => {
+            // Dropping both halves resets the stream, so the agent stops working on it.
+            // (Not `stop_sending`: h3-quinn 0.0.10 panics if a read was in progress.)
             abort_upload(upload);
-            recv.stop_sending(h3::error::Code::H3_REQUEST_CANCELLED);
             return error_response(
                 ErrorCode::Timeout,
                 &format!(

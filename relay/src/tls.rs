@@ -100,15 +100,25 @@ pub fn server_config(cfg: &TunnelConfig) -> Result<quinn::ServerConfig> {
     Ok(server)
 }
 
-/// The endpoint config: the stateless-reset key is derived from the relay's private key,
-/// so a relay restarted after a crash resets agents' stale connections at once instead of
-/// leaving them to wait out the idle timeout.
+/// The endpoint config. Both the stateless-reset key and the connection-ID check key are
+/// derived from the relay's private key, so a relay restarted after a crash recognises the
+/// connection IDs its predecessor issued and resets agents' stale connections at their
+/// next keep-alive, instead of leaving them to wait out the idle timeout.
 pub fn endpoint_config(cfg: &TunnelConfig) -> Result<quinn::EndpointConfig> {
     let key = load_key(&cfg.key).context("loading tunnel.key")?;
-    let seed = ring::digest::digest(
-        &ring::digest::SHA256,
-        &[b"tether stateless reset v1".as_slice(), key.secret_der()].concat(),
+    let derive = |label: &[u8]| {
+        ring::digest::digest(&ring::digest::SHA256, &[label, key.secret_der()].concat())
+    };
+    let reset = derive(b"tether stateless reset v1");
+    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset.as_ref());
+    let cid_key = u64::from_le_bytes(
+        derive(b"tether connection id v1").as_ref()[..8]
+            .try_into()
+            .expect("8 bytes"),
     );
-    let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, seed.as_ref());
-    Ok(quinn::EndpointConfig::new(Arc::new(hmac)))
+    let mut endpoint = quinn::EndpointConfig::new(Arc::new(hmac));
+    endpoint.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    Ok(endpoint)
 }

@@ -35,7 +35,7 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, registry: TunnelRegistry) {
                 .instrument(info_span!("tunnel", %remote))
                 .await
             {
-                warn!(%remote, error = %format!("{e:#}"), "agent connection failed");
+                warn!(error = %format!("{e:#}"), "agent connection failed");
             }
         });
     }
@@ -55,7 +55,7 @@ async fn handle(incoming: quinn::Incoming, registry: TunnelRegistry) -> anyhow::
         Err(e) => {
             // Certificate problems (wrong CA, expired, no identity, server-only usage)
             // surface here with rustls' reason.
-            warn!(%remote, reason = %e, "agent refused in handshake");
+            warn!(reason = %e, "agent refused in handshake");
             return Ok(());
         }
     };
