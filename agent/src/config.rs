@@ -79,6 +79,8 @@ impl Config {
 }
 
 #[cfg(test)]
+// figment::Jail's closures must return figment's (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use std::path::Path;
@@ -107,7 +109,8 @@ upstream = "http://127.0.0.1:3001"
             )?;
             jail.set_env("TETHER_CONNECTIONS", "3");
             let cfg: Config =
-                tether_proto::config::load(Some(Path::new("agent.toml")), serde_json::json!({}))?;
+                tether_proto::config::load(Some(Path::new("agent.toml")), serde_json::json!({}))
+            .map_err(|e| *e)?;
             assert_eq!(cfg.connections, 3);
             assert_eq!(cfg.routes.len(), 2);
             assert_eq!(cfg.routes[0].upstream, "http://127.0.0.1:3000");

@@ -65,7 +65,7 @@ impl Routes {
                 authority: authority.clone(),
             });
         }
-        routes.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
         Ok(Routes(routes))
     }
 

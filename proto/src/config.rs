@@ -19,20 +19,21 @@ pub const ENV_PREFIX: &str = "TETHER_";
 pub fn load<T: DeserializeOwned + Serialize + Default>(
     file: Option<&Path>,
     flags: serde_json::Value,
-) -> Result<T, figment::Error> {
+) -> Result<T, Box<figment::Error>> {
     let mut fig = Figment::from(Serialized::defaults(T::default()));
     if let Some(path) = file {
         if !path.exists() {
-            return Err(figment::Error::from(format!(
+            return Err(Box::new(figment::Error::from(format!(
                 "config file {} does not exist",
                 path.display()
-            )));
+            ))));
         }
         fig = fig.merge(Toml::file_exact(path));
     }
     fig.merge(Env::prefixed(ENV_PREFIX).split("__"))
         .merge(Serialized::defaults(flags))
         .extract()
+        .map_err(Box::new)
 }
 
 /// Builds the `flags` object for [`load`] from `(dotted.key, value)` pairs, skipping
@@ -57,6 +58,8 @@ pub fn flags<const N: usize>(pairs: [(&str, Option<serde_json::Value>); N]) -> s
 }
 
 #[cfg(test)]
+// figment::Jail's closures must return figment's (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -84,7 +87,8 @@ mod tests {
             let cfg: Cfg = load(
                 Some(Path::new("c.toml")),
                 flags([("a.x", Some("flag".into())), ("top", None)]),
-            )?;
+            )
+            .map_err(|e| *e)?;
             assert_eq!(cfg.a.x, "flag");
             assert_eq!(cfg.a.y, "env");
             assert_eq!(cfg.top, "file");
