@@ -6,6 +6,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tether_proto::logging::LogConfig;
 
+use crate::enroll::IdentityFiles;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -13,11 +15,14 @@ pub struct Config {
     pub relay: String,
     /// Name the relay's certificate must carry (DNS name or IP address).
     pub server_name: String,
+    /// Directory written by `tether-agent enroll` (ca.pem, agent.pem, agent.key). With it
+    /// the agent also renews its certificate by itself. Alternative to `ca`/`cert`/`key`.
+    pub state_dir: Option<PathBuf>,
     /// CA that signed the relay's certificate (and ours).
-    pub ca: PathBuf,
+    pub ca: Option<PathBuf>,
     /// This agent's certificate and private key; re-read on every (re)connection.
-    pub cert: PathBuf,
-    pub key: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
     /// Parallel QUIC connections kept open to the relay.
     pub connections: usize,
     /// Allowlist of local services, longest prefix first.
@@ -40,9 +45,10 @@ impl Default for Config {
         Config {
             relay: "127.0.0.1:4433".into(),
             server_name: "localhost".into(),
-            ca: "pki/ca.pem".into(),
-            cert: "pki/agent.pem".into(),
-            key: "pki/agent.key".into(),
+            state_dir: None,
+            ca: None,
+            cert: None,
+            key: None,
             connections: 2,
             routes: Vec::new(),
             upstream_connect_timeout: Duration::from_secs(5),
@@ -55,8 +61,23 @@ impl Default for Config {
 pub const MAX_CONNECTIONS: usize = 16;
 
 impl Config {
+    /// The identity files in use: from `state_dir`, or the explicit `ca`/`cert`/`key`.
+    pub fn identity_files(&self) -> anyhow::Result<IdentityFiles> {
+        match (&self.state_dir, &self.ca, &self.cert, &self.key) {
+            (Some(dir), None, None, None) => Ok(IdentityFiles::in_state_dir(dir)),
+            (None, Some(ca), Some(cert), Some(key)) => {
+                Ok(IdentityFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() })
+            }
+            (Some(_), ..) => anyhow::bail!("set either state_dir or ca/cert/key, not both"),
+            _ => anyhow::bail!(
+                "no identity: set state_dir (after `tether-agent enroll`) or all of ca, cert and key"
+            ),
+        }
+    }
+
     /// Checks what serde cannot: ranges and cross-field rules.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.identity_files()?;
         if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
             anyhow::bail!(
                 "connections must be 1..={MAX_CONNECTIONS}, got {}",
@@ -110,7 +131,7 @@ upstream = "http://127.0.0.1:3001"
             jail.set_env("TETHER_CONNECTIONS", "3");
             let cfg: Config =
                 tether_proto::config::load(Some(Path::new("agent.toml")), serde_json::json!({}))
-            .map_err(|e| *e)?;
+                    .map_err(|e| *e)?;
             assert_eq!(cfg.connections, 3);
             assert_eq!(cfg.routes.len(), 2);
             assert_eq!(cfg.routes[0].upstream, "http://127.0.0.1:3000");

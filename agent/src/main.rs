@@ -6,6 +6,8 @@
 
 mod backoff;
 mod config;
+mod enroll;
+mod renew;
 mod routes;
 mod serve;
 mod tls;
@@ -30,6 +32,38 @@ use crate::serve::{upstream_client, Service};
     about = "Tether agent: on-prem end of the reverse tunnel"
 )]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Cmd {
+    /// Get this agent's identity with a one-time token: makes the key pair here, sends
+    /// only a CSR, pins the relay by the CA fingerprint in the token, and writes ca.pem,
+    /// agent.pem and agent.key (0600) into --dir.
+    Enroll {
+        /// Relay QUIC address, host:port.
+        #[arg(long)]
+        relay: String,
+        /// The token from `tether-certs token create`.
+        #[arg(long, env = "TETHER_ENROLL_TOKEN", hide_env_values = true)]
+        token: String,
+        /// State directory; the agent config then says `state_dir = "<dir>"`.
+        #[arg(long, default_value = "/var/lib/tether")]
+        dir: PathBuf,
+        /// Name in the relay's certificate (default: the host part of --relay).
+        #[arg(long)]
+        server_name: Option<String>,
+        /// Replace an identity already in --dir.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
     /// TOML config file; TETHER_* environment variables and flags override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
@@ -47,7 +81,7 @@ struct Cli {
     log_format: Option<String>,
 }
 
-impl Cli {
+impl RunArgs {
     fn flags(&self) -> serde_json::Value {
         let v = |o: &Option<String>| o.clone().map(serde_json::Value::from);
         tether_proto::config::flags([
@@ -59,8 +93,53 @@ impl Cli {
     }
 }
 
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(relay: &str) -> &str {
+    let host = relay.rsplit_once(':').map_or(relay, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+fn enroll_main(cmd: Cmd) -> Result<()> {
+    let Cmd::Enroll {
+        relay,
+        token,
+        dir,
+        server_name,
+        force,
+    } = cmd;
+    tether_proto::logging::init(&Default::default());
+    let server_name = server_name.unwrap_or_else(|| host_of(&relay).to_owned());
+    let overwrite = if force {
+        tether_certs::files::Overwrite::Allow
+    } else {
+        tether_certs::files::Overwrite::Refuse
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let identity = rt
+        .block_on(enroll::enroll(
+            &relay,
+            &server_name,
+            &token,
+            &dir,
+            overwrite,
+        ))
+        .context("enrollment failed")?;
+    println!(
+        "enrolled as {identity}; identity stored in {}",
+        dir.display()
+    );
+    println!("agent config: state_dir = \"{}\"", dir.display());
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(cmd) = cli.cmd {
+        return enroll_main(cmd);
+    }
+    let cli = cli.run;
     let cfg: Config = tether_proto::config::load(cli.config.as_deref(), cli.flags())
         .context("invalid agent configuration")?;
     cfg.validate().context("invalid agent configuration")?;
@@ -94,6 +173,10 @@ async fn run(cfg: Config, routes: Routes) -> Result<()> {
     let cfg = Arc::new(cfg);
     let stop = CancellationToken::new();
     info!(relay = %cfg.relay, connections = cfg.connections, "agent starting");
+    let renewal = cfg
+        .state_dir
+        .is_some()
+        .then(|| tokio::spawn(renew::run(cfg.clone(), stop.clone())));
     let slots: Vec<_> = (0..cfg.connections)
         .map(|slot| {
             tokio::spawn(tunnel::run_slot(
@@ -109,6 +192,9 @@ async fn run(cfg: Config, routes: Routes) -> Result<()> {
     stop.cancel();
     for s in slots {
         let _ = s.await;
+    }
+    if let Some(r) = renewal {
+        let _ = r.await;
     }
     info!("stopped");
     Ok(())

@@ -11,9 +11,10 @@ use tether_proto::wire::{transport_config, Side, ALPN_TUNNEL};
 use crate::config::Config;
 
 pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig> {
-    let roots = load_roots(&cfg.ca).context("loading ca")?;
-    let certs = load_certs(&cfg.cert).context("loading cert")?;
-    let key = load_key(&cfg.key).context("loading key")?;
+    let files = cfg.identity_files()?;
+    let roots = load_roots(&files.ca).context("loading ca")?;
+    let certs = load_certs(&files.cert).context("loading cert")?;
+    let key = load_key(&files.key).context("loading key")?;
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)

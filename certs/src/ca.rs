@@ -13,14 +13,13 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
+use tether_proto::enroll::CERT_BACKDATE;
 use tether_proto::identity::{validate_trust_domain, Identity};
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
+
+use rustls_pki_types::pem::PemObject;
 
 use crate::files::{check_absent, write_atomic, Overwrite, Secrecy};
-
-/// Certificates are valid from a little in the past so that peers whose clocks lag by a
-/// few minutes accept them.
-const BACKDATE: Duration = Duration::minutes(5);
 
 /// A loaded CA: its certificate, key and trust domain.
 pub struct Ca {
@@ -50,19 +49,45 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-fn validity(params: &mut CertificateParams, days: u32) -> Result<()> {
+/// Days on the command line as a lifetime.
+pub fn days(days: u32) -> Result<std::time::Duration> {
     if days == 0 {
         bail!("--days must be at least 1");
     }
+    Ok(std::time::Duration::from_secs(u64::from(days) * 24 * 3600))
+}
+
+/// Valid from [`CERT_BACKDATE`] ago (peers with lagging clocks accept it at once) for
+/// `lifetime` from now.
+fn validity(params: &mut CertificateParams, lifetime: std::time::Duration) -> Result<()> {
+    if lifetime.is_zero() {
+        bail!("certificate lifetime must be positive");
+    }
     let now = OffsetDateTime::now_utc();
-    params.not_before = now - BACKDATE;
-    params.not_after = now + Duration::days(days.into());
+    params.not_before = now - CERT_BACKDATE;
+    params.not_after = now + lifetime;
     Ok(())
+}
+
+/// Why a CSR cannot be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum CsrError {
+    #[error("CSR does not parse or its signature is invalid: {0}")]
+    Invalid(String),
+    #[error("CSR key type {0} is weak or unsupported (use ECDSA P-256, P-384 or Ed25519)")]
+    WeakKey(String),
+    #[error("signing failed: {0}")]
+    Signing(String),
 }
 
 impl Ca {
     /// Creates a new CA in `dir` (`ca.pem`, `ca.key` mode 0600).
-    pub fn init(dir: &Path, trust_domain: &str, days: u32, overwrite: Overwrite) -> Result<Ca> {
+    pub fn init(
+        dir: &Path,
+        trust_domain: &str,
+        lifetime: std::time::Duration,
+        overwrite: Overwrite,
+    ) -> Result<Ca> {
         validate_trust_domain(trust_domain)?;
         let (cert_path, key_path) = (ca_cert_path(dir), ca_key_path(dir));
         check_absent(&[&cert_path, &key_path], overwrite).context(
@@ -79,7 +104,7 @@ impl Ca {
         params.subject_alt_names =
             vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         params.serial_number = Some(random_serial());
-        validity(&mut params, days)?;
+        validity(&mut params, lifetime)?;
         let cert = params.self_signed(&key)?;
         // Key first: a CA certificate without its key is useless, the reverse is harmless.
         write_atomic(&key_path, key.serialize_pem().as_bytes(), Secrecy::Secret)?;
@@ -116,7 +141,11 @@ impl Ca {
     }
 
     /// Issues a relay (server) certificate for the given DNS names and IP addresses.
-    pub fn issue_relay(&self, sans: &[String], days: u32) -> Result<IssuedCert> {
+    pub fn issue_relay(
+        &self,
+        sans: &[String],
+        lifetime: std::time::Duration,
+    ) -> Result<IssuedCert> {
         if sans.is_empty() {
             bail!("a relay certificate needs at least one --san (for example localhost)");
         }
@@ -131,7 +160,7 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        validity(&mut params, days)?;
+        validity(&mut params, lifetime)?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(IssuedCert {
             cert_pem: cert.pem(),
@@ -144,7 +173,7 @@ impl Ca {
         &self,
         identity: &Identity,
         public_key: &impl rcgen::PublicKeyData,
-        days: u32,
+        lifetime: std::time::Duration,
     ) -> Result<String> {
         if identity.trust_domain != self.trust_domain {
             bail!(
@@ -164,18 +193,56 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        validity(&mut params, days)?;
+        validity(&mut params, lifetime)?;
         Ok(params.signed_by(public_key, &self.issuer)?.pem())
     }
 
     /// Issues an agent certificate with a freshly generated key.
-    pub fn issue_agent(&self, identity: &Identity, days: u32) -> Result<IssuedCert> {
+    pub fn issue_agent(
+        &self,
+        identity: &Identity,
+        lifetime: std::time::Duration,
+    ) -> Result<IssuedCert> {
         let key = KeyPair::generate()?;
-        let cert_pem = self.issue_agent_for(identity, &key, days)?;
+        let cert_pem = self.issue_agent_for(identity, &key, lifetime)?;
         Ok(IssuedCert {
             cert_pem,
             key_pem: key.serialize_pem(),
         })
+    }
+}
+
+impl Ca {
+    /// Signs an agent certificate for `identity` over the public key in `csr_pem`.
+    ///
+    /// Only the CSR's key is used: its subject, SANs and extensions are ignored, so a CSR
+    /// asking for another node still gets exactly `identity`.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        lifetime: std::time::Duration,
+    ) -> Result<String, CsrError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CsrError::Invalid(e.to_string()))?;
+        let alg = csr.public_key.algorithm();
+        let allowed = [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ];
+        if !allowed.contains(&alg) {
+            return Err(CsrError::WeakKey(format!("{alg:?}")));
+        }
+        self.issue_agent_for(identity, &csr.public_key, lifetime)
+            .map_err(|e| CsrError::Signing(format!("{e:#}")))
+    }
+
+    /// SHA-256 fingerprint of the CA certificate (what tokens pin).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
+            .expect("CA certificate was parsed when loaded");
+        tether_proto::enroll::fingerprint(&der)
     }
 }
 

@@ -111,16 +111,16 @@ pub fn ca_trust_domain(pem: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ca::Ca;
+    use crate::ca::{days, Ca};
     use crate::files::Overwrite;
     use tether_proto::{Id, Identity};
 
     #[test]
     fn issued_certificates_carry_the_expected_profile() {
         let dir = std::env::temp_dir().join(format!("tether-inspect-{}", std::process::id()));
-        let ca = Ca::init(&dir, "example.org", 30, Overwrite::Refuse).unwrap();
+        let ca = Ca::init(&dir, "example.org", days(30).unwrap(), Overwrite::Refuse).unwrap();
         assert_eq!(ca.trust_domain, "example.org");
-        assert!(Ca::init(&dir, "example.org", 30, Overwrite::Refuse).is_err());
+        assert!(Ca::init(&dir, "example.org", days(30).unwrap(), Overwrite::Refuse).is_err());
 
         let id = Identity::new(
             "example.org",
@@ -128,7 +128,7 @@ mod tests {
             Id::new("n1").unwrap(),
         )
         .unwrap();
-        let agent = ca.issue_agent(&id, 7).unwrap();
+        let agent = ca.issue_agent(&id, days(7).unwrap()).unwrap();
         let s = summarize(&agent.cert_pem).unwrap();
         assert_eq!(
             s.identity.as_deref(),
@@ -138,7 +138,7 @@ mod tests {
         assert!(!s.is_ca && !s.expired);
 
         let relay = ca
-            .issue_relay(&["localhost".into(), "127.0.0.1".into()], 30)
+            .issue_relay(&["localhost".into(), "127.0.0.1".into()], days(30).unwrap())
             .unwrap();
         let s = summarize(&relay.cert_pem).unwrap();
         assert_eq!(s.identity, None);
@@ -150,7 +150,7 @@ mod tests {
             Id::new("n1").unwrap(),
         )
         .unwrap();
-        assert!(ca.issue_agent(&other, 7).is_err());
+        assert!(ca.issue_agent(&other, days(7).unwrap()).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

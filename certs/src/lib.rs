@@ -6,5 +6,7 @@
 pub mod ca;
 pub mod files;
 pub mod inspect;
+pub mod revocation;
+pub mod tokens;
 
 pub use ca::{Ca, IssuedCert};

@@ -6,6 +6,7 @@
 //! TLS plumbing ([`tls`]).
 
 pub mod config;
+pub mod enroll;
 pub mod error_code;
 pub mod h3body;
 pub mod headers;

@@ -13,8 +13,36 @@ use tether_proto::logging::LogConfig;
 pub struct Config {
     pub tunnel: TunnelConfig,
     pub ingress: IngressConfig,
+    pub enroll: EnrollConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+}
+
+/// Enrollment and renewal of agent certificates (on when `ca_key` is set).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EnrollConfig {
+    /// Key of the CA (or intermediate) that signs agent certificates; mode 0600 enforced.
+    pub ca_key: Option<PathBuf>,
+    /// Certificate of that issuing CA; defaults to `tunnel.ca`.
+    pub ca_cert: Option<PathBuf>,
+    /// Token store written by `tether-certs token create`; defaults to `tokens/` beside
+    /// `ca_key`.
+    pub tokens: Option<PathBuf>,
+    /// Lifetime of issued agent certificates; agents renew at two thirds of it.
+    #[serde(with = "humantime_serde")]
+    pub cert_lifetime: Duration,
+}
+
+impl Default for EnrollConfig {
+    fn default() -> Self {
+        EnrollConfig {
+            ca_key: None,
+            ca_cert: None,
+            tokens: None,
+            cert_lifetime: tether_proto::enroll::DEFAULT_AGENT_CERT_LIFETIME,
+        }
+    }
 }
 
 /// QUIC (UDP) listener that agents dial.
@@ -29,6 +57,19 @@ pub struct TunnelConfig {
     pub key: PathBuf,
     /// Trust domain agent identities must be in; read from the CA certificate if unset.
     pub trust_domain: Option<String>,
+    /// Revocation list written by `tether-certs revoke`; defaults to `revoked.json` beside
+    /// `ca`. Watched: changes apply without a restart.
+    pub revocations: Option<PathBuf>,
+}
+
+impl TunnelConfig {
+    pub fn revocations_path(&self) -> PathBuf {
+        self.revocations.clone().unwrap_or_else(|| {
+            tether_certs::revocation::revocations_path(
+                self.ca.parent().unwrap_or(std::path::Path::new(".")),
+            )
+        })
+    }
 }
 
 impl Default for TunnelConfig {
@@ -39,6 +80,7 @@ impl Default for TunnelConfig {
             cert: "pki/relay.pem".into(),
             key: "pki/relay.key".into(),
             trust_domain: None,
+            revocations: None,
         }
     }
 }

@@ -6,9 +6,11 @@
 
 mod admin;
 mod config;
+mod enroll;
 mod forward;
 mod ingress;
 mod registry;
+mod revocation;
 mod tls;
 mod tunnel;
 
@@ -100,12 +102,16 @@ async fn shutdown_signal() -> &'static str {
 
 async fn run(cfg: Config) -> Result<()> {
     let registry = TunnelRegistry::default();
+    let revocations = Arc::new(revocation::RevocationList::load(
+        cfg.tunnel.revocations_path(),
+    )?);
+    let enroller = Arc::new(enroll::Enroller::new(&cfg, revocations.clone())?);
 
     let socket = std::net::UdpSocket::bind(cfg.tunnel.listen)
         .with_context(|| format!("binding tunnel.listen {}", cfg.tunnel.listen))?;
     let endpoint = quinn::Endpoint::new(
         tls::endpoint_config(&cfg.tunnel)?,
-        Some(tls::server_config(&cfg.tunnel)?),
+        Some(tls::server_config(&cfg.tunnel, revocations.clone())?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;
@@ -124,7 +130,12 @@ async fn run(cfg: Config) -> Result<()> {
         tokio::spawn(admin::serve(admin, registry.clone()));
     }
 
-    tokio::spawn(tunnel::accept_loop(endpoint.clone(), registry.clone()));
+    tokio::spawn(revocations.watch(registry.clone()));
+    tokio::spawn(tunnel::accept_loop(
+        endpoint.clone(),
+        registry.clone(),
+        enroller,
+    ));
     let router = Arc::new(ingress::Router::new(&cfg.ingress, registry.clone())?);
     let stop = CancellationToken::new();
     let ingress_task = tokio::spawn(ingress::serve(

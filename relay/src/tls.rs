@@ -1,7 +1,11 @@
 //! The relay's TLS: server certificate, and a client verifier that accepts an agent only
-//! if its certificate chains to our CA, is valid for client auth, *and* carries exactly one
-//! Tether identity in our trust domain. Everything is decided in the handshake, so a bad
-//! agent never gets as far as the registry.
+//! if its certificate chains to our CA, is valid for client auth, carries exactly one
+//! Tether identity in our trust domain, *and* is not revoked. Everything is decided in the
+//! handshake, so a bad agent never gets as far as the registry.
+//!
+//! A client certificate is optional at the TLS level because the enrollment ALPN is used
+//! by agents that have none yet; the tunnel ALPN insists on one right after the handshake
+//! (see `tunnel`). A certificate that *is* presented is always fully verified.
 
 use std::sync::Arc;
 
@@ -13,18 +17,46 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{
     CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
 };
+use tether_proto::enroll::ALPN_ENROLL;
 use tether_proto::tls::{
     ca_trust_domain, identity_from_cert, load_certs, load_key, load_roots, provider,
 };
 use tether_proto::wire::{transport_config, Side, ALPN_TUNNEL};
 
 use crate::config::TunnelConfig;
+use crate::revocation::RevocationList;
 
 /// Chain and usage checks from webpki, plus the identity check.
-#[derive(Debug)]
 struct IdentityVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
+    revocations: Arc<RevocationList>,
+}
+
+impl std::fmt::Debug for IdentityVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityVerifier")
+            .field("trust_domain", &self.trust_domain)
+            .finish()
+    }
+}
+
+fn other_error(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("certificate {serial} of node {node} is revoked")]
+struct Revoked {
+    node: tether_proto::Id,
+    serial: String,
+}
+
+/// Serial of a DER certificate, formatted as `tether-certs inspect` prints it.
+pub fn cert_serial(der: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c.raw_serial_as_string())
+        .unwrap_or_default()
 }
 
 impl ClientCertVerifier for IdentityVerifier {
@@ -40,10 +72,24 @@ impl ClientCertVerifier for IdentityVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        identity_from_cert(end_entity, Some(&self.trust_domain)).map_err(|e| {
-            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
-        })?;
+        let identity =
+            identity_from_cert(end_entity, Some(&self.trust_domain)).map_err(other_error)?;
+        let serial = cert_serial(end_entity);
+        if self.revocations.is_revoked(&identity.node, &serial) {
+            return Err(other_error(Revoked {
+                node: identity.node,
+                serial,
+            }));
+        }
         Ok(ClientCertVerified::assertion())
+    }
+
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
     }
 
     fn verify_tls12_signature(
@@ -70,7 +116,10 @@ impl ClientCertVerifier for IdentityVerifier {
 }
 
 /// The QUIC server config for the tunnel listener.
-pub fn server_config(cfg: &TunnelConfig) -> Result<quinn::ServerConfig> {
+pub fn server_config(
+    cfg: &TunnelConfig,
+    revocations: Arc<RevocationList>,
+) -> Result<quinn::ServerConfig> {
     let roots = load_roots(&cfg.ca).context("loading tunnel.ca")?;
     let trust_domain = match &cfg.trust_domain {
         Some(td) => td.clone(),
@@ -79,20 +128,29 @@ pub fn server_config(cfg: &TunnelConfig) -> Result<quinn::ServerConfig> {
     };
     tether_proto::identity::validate_trust_domain(&trust_domain)?;
     let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
         .build()
         .context("building the client certificate verifier")?;
     let verifier = Arc::new(IdentityVerifier {
         inner: webpki,
         trust_domain,
+        revocations,
     });
-    let certs = load_certs(&cfg.cert).context("loading tunnel.cert")?;
+    // Serve the CA after our certificate: an enrolling agent knows the CA only by the
+    // fingerprint in its token, and finds it in this chain.
+    let mut certs = load_certs(&cfg.cert).context("loading tunnel.cert")?;
+    for ca in load_certs(&cfg.ca)? {
+        if !certs.contains(&ca) {
+            certs.push(ca);
+        }
+    }
     let key = load_key(&cfg.key).context("loading tunnel.key")?;
     let mut tls = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(certs, key)
         .context("tunnel.cert and tunnel.key do not form a usable pair")?;
-    tls.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
+    tls.alpn_protocols = vec![ALPN_TUNNEL.to_vec(), ALPN_ENROLL.to_vec()];
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));

@@ -6,11 +6,15 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
+use std::sync::Arc;
+use tether_proto::enroll::ALPN_ENROLL;
 use tether_proto::tls::identity_from_cert;
 use tether_proto::wire::close;
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::enroll::Enroller;
 use crate::registry::Registry;
+use crate::tls::cert_serial;
 
 /// What the registry holds for each tunnel connection.
 pub struct Link {
@@ -26,12 +30,17 @@ pub struct Link {
 pub type TunnelRegistry = Registry<Link>;
 
 /// Accepts agents until the endpoint is closed.
-pub async fn accept_loop(endpoint: quinn::Endpoint, registry: TunnelRegistry) {
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    registry: TunnelRegistry,
+    enroller: Arc<Enroller>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let registry = registry.clone();
+        let enroller = enroller.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = handle(incoming, registry)
+            if let Err(e) = handle(incoming, registry, enroller)
                 .instrument(info_span!("tunnel", %remote))
                 .await
             {
@@ -41,32 +50,55 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, registry: TunnelRegistry) {
     }
 }
 
-fn cert_facts(der: &[u8]) -> (String, String) {
-    match x509_parser::parse_x509_certificate(der) {
-        Ok((_, c)) => (c.raw_serial_as_string(), c.validity().not_after.to_string()),
-        Err(_) => (String::new(), String::new()),
-    }
+fn cert_not_after(der: &[u8]) -> String {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, c)| c.validity().not_after.to_string())
+        .unwrap_or_default()
 }
 
-async fn handle(incoming: quinn::Incoming, registry: TunnelRegistry) -> anyhow::Result<()> {
+async fn handle(
+    incoming: quinn::Incoming,
+    registry: TunnelRegistry,
+    enroller: Arc<Enroller>,
+) -> anyhow::Result<()> {
     let remote = incoming.remote_address();
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
-            // Certificate problems (wrong CA, expired, no identity, server-only usage)
-            // surface here with rustls' reason.
+            // Certificate problems (wrong CA, expired, no identity, server-only usage,
+            // revoked) surface here with the verifier's reason.
             warn!(reason = %e, "agent refused in handshake");
             return Ok(());
         }
     };
-    let certs = conn
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    // Any certificate here was fully verified in the handshake (chain, usage, identity,
+    // revocation); parsing again yields the typed identity.
+    let peer = conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .filter(|certs| !certs.is_empty())
-        .ok_or_else(|| anyhow::anyhow!("verified connection carries no client certificate"))?;
-    // Already checked by the verifier; parsing again here yields the typed identity.
-    let identity = identity_from_cert(&certs[0], None)?;
-    let (cert_serial, cert_not_after) = cert_facts(&certs[0]);
+        .and_then(|certs| certs.into_iter().next());
+    let identity = peer
+        .as_ref()
+        .map(|c| identity_from_cert(c, None))
+        .transpose()?;
+    if alpn.as_deref() == Some(ALPN_ENROLL) {
+        let peer = identity.zip(peer.as_ref().map(|c| cert_serial(c)));
+        enroller
+            .serve(conn, peer)
+            .instrument(info_span!("enroll"))
+            .await;
+        return Ok(());
+    }
+    let (Some(identity), Some(cert)) = (identity, peer) else {
+        warn!("agent refused: no client certificate on the tunnel ALPN");
+        conn.close(close::REFUSED.into(), b"client certificate required");
+        return Ok(());
+    };
+    let (cert_serial, cert_not_after) = (cert_serial(&cert), cert_not_after(&cert));
     let span = info_span!(
         "agent",
         node = %identity.node,
