@@ -223,17 +223,9 @@ impl Ca {
         identity: &Identity,
         lifetime: std::time::Duration,
     ) -> Result<String, CsrError> {
+        check_csr_key(csr_pem)?;
         let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| CsrError::Invalid(e.to_string()))?;
-        let alg = csr.public_key.algorithm();
-        let allowed = [
-            &rcgen::PKCS_ECDSA_P256_SHA256,
-            &rcgen::PKCS_ECDSA_P384_SHA384,
-            &rcgen::PKCS_ED25519,
-        ];
-        if !allowed.contains(&alg) {
-            return Err(CsrError::WeakKey(format!("{alg:?}")));
-        }
         self.issue_agent_for(identity, &csr.public_key, lifetime)
             .map_err(|e| CsrError::Signing(format!("{e:#}")))
     }
@@ -243,6 +235,36 @@ impl Ca {
         let der = rustls_pki_types::CertificateDer::from_pem_slice(self.cert_pem.as_bytes())
             .expect("CA certificate was parsed when loaded");
         tether_proto::enroll::fingerprint(&der)
+    }
+}
+
+/// Accepts only modern elliptic-curve keys (ECDSA P-256/P-384, Ed25519): small, fast,
+/// and what `tether-agent enroll` makes. Everything else is named in the refusal.
+fn check_csr_key(csr_pem: &str) -> Result<(), CsrError> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::public_key::PublicKey;
+    let der = rustls_pki_types::CertificateSigningRequestDer::from_pem_slice(csr_pem.as_bytes())
+        .map_err(|e| CsrError::Invalid(format!("no PEM certificate request: {e}")))?;
+    let (_, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der.as_ref())
+            .map_err(|e| CsrError::Invalid(e.to_string()))?;
+    let spki = &csr.certification_request_info.subject_pki;
+    let oid = spki.algorithm.algorithm.to_id_string();
+    let curve = spki
+        .algorithm
+        .parameters
+        .as_ref()
+        .and_then(|p| p.as_oid().ok())
+        .map(|o| o.to_id_string());
+    match (oid.as_str(), curve.as_deref()) {
+        // id-ecPublicKey with prime256v1 or secp384r1; id-Ed25519.
+        ("1.2.840.10045.2.1", Some("1.2.840.10045.3.1.7" | "1.3.132.0.34"))
+        | ("1.3.101.112", _) => Ok(()),
+        _ => Err(CsrError::WeakKey(match spki.parsed() {
+            Ok(PublicKey::RSA(rsa)) => format!("RSA-{}", rsa.key_size()),
+            Ok(PublicKey::EC(_)) => format!("EC curve {}", curve.unwrap_or_default()),
+            _ => format!("algorithm {oid}"),
+        })),
     }
 }
 
@@ -261,5 +283,75 @@ impl IssuedCert {
         write_atomic(&key_path, self.key_pem.as_bytes(), Secrecy::Secret)?;
         write_atomic(&cert_path, self.cert_pem.as_bytes(), Secrecy::Public)?;
         Ok((cert_path, key_path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::Id;
+
+    fn ca() -> (tempfile::TempDir, Ca) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::init(
+            dir.path(),
+            "tether.local",
+            days(1).unwrap(),
+            Overwrite::Refuse,
+        )
+        .unwrap();
+        (dir, ca)
+    }
+
+    fn identity(node: &str) -> Identity {
+        Identity::new(
+            "tether.local",
+            Id::new("west").unwrap(),
+            Id::new(node).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn csr_identity_is_ignored_in_favour_of_the_given_one() {
+        let (_dir, ca) = ca();
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = vec![SanType::URI(
+            "spiffe://tether.local/cluster/west/node/evil"
+                .try_into()
+                .unwrap(),
+        )];
+        params.distinguished_name.push(DnType::CommonName, "evil");
+        let csr = params.serialize_request(&key).unwrap().pem().unwrap();
+        let cert = ca
+            .sign_csr(&csr, &identity("good"), std::time::Duration::from_secs(60))
+            .unwrap();
+        let s = crate::inspect::summarize(&cert).unwrap();
+        assert_eq!(
+            s.identity.as_deref(),
+            Some("spiffe://tether.local/cluster/west/node/good")
+        );
+        assert!(
+            !s.sans.iter().any(|san| san.contains("evil")),
+            "{:?}",
+            s.sans
+        );
+        assert!(!s.subject.contains("evil"), "{}", s.subject);
+    }
+
+    #[test]
+    fn weak_and_garbage_csrs_are_refused() {
+        let (_dir, ca) = ca();
+        let weak = include_str!("../testdata/weak-rsa1024.csr");
+        let life = std::time::Duration::from_secs(60);
+        assert!(matches!(
+            ca.sign_csr(weak, &identity("n"), life),
+            Err(CsrError::WeakKey(_))
+        ));
+        assert!(matches!(
+            ca.sign_csr("nope", &identity("n"), life),
+            Err(CsrError::Invalid(_))
+        ));
     }
 }

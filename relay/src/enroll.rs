@@ -204,3 +204,120 @@ impl Enroller {
 fn refused(error: EnrollError, detail: String) -> EnrollResponse {
     EnrollResponse::Refused { error, detail }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_certs::ca::days;
+    use tether_certs::files::Overwrite;
+
+    fn enroller(dir: &Path, enabled: bool) -> Enroller {
+        Ca::init(dir, "tether.local", days(1).unwrap(), Overwrite::Refuse).unwrap();
+        let mut cfg = Config::default();
+        cfg.tunnel.ca = dir.join("ca.pem");
+        if enabled {
+            cfg.enroll.ca_key = Some(dir.join("ca.key"));
+        }
+        let revocations = Arc::new(RevocationList::load(cfg.tunnel.revocations_path()).unwrap());
+        Enroller::new(&cfg, revocations).unwrap()
+    }
+
+    fn csr() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap()
+    }
+
+    fn refusal(r: EnrollResponse) -> EnrollError {
+        match r {
+            EnrollResponse::Refused { error, .. } => error,
+            EnrollResponse::Issued { identity, .. } => panic!("issued {identity}"),
+        }
+    }
+
+    #[test]
+    fn requests_without_token_or_certificate_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = enroller(dir.path(), true);
+        let r = e.decide(
+            EnrollRequest {
+                token: None,
+                csr_pem: csr(),
+            },
+            None,
+        );
+        assert_eq!(refusal(r), EnrollError::NoToken);
+        let r = e.decide(
+            EnrollRequest {
+                token: Some("tether1-garbage".into()),
+                csr_pem: csr(),
+            },
+            None,
+        );
+        assert_eq!(refusal(r), EnrollError::BadToken);
+    }
+
+    #[test]
+    fn enrollment_is_off_without_a_ca_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = enroller(dir.path(), false);
+        let r = e.decide(
+            EnrollRequest {
+                token: None,
+                csr_pem: csr(),
+            },
+            None,
+        );
+        assert_eq!(refusal(r), EnrollError::Disabled);
+    }
+
+    #[test]
+    fn a_token_enrolls_once_with_its_own_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = enroller(dir.path(), true);
+        let ca = Ca::load(dir.path()).unwrap();
+        let token = TokenStore::new(tokens_dir(dir.path()))
+            .create(
+                &ca,
+                tether_proto::Id::new("n1").unwrap(),
+                tether_proto::Id::new("west").unwrap(),
+                Duration::from_secs(60),
+            )
+            .unwrap()
+            .encode();
+        let req = || EnrollRequest {
+            token: Some(token.clone()),
+            csr_pem: csr(),
+        };
+        match e.decide(req(), None) {
+            EnrollResponse::Issued { identity, .. } => {
+                assert_eq!(identity, "spiffe://tether.local/cluster/west/node/n1")
+            }
+            r => panic!("{r:?}"),
+        }
+        assert_eq!(refusal(e.decide(req(), None)), EnrollError::TokenUsed);
+    }
+
+    #[test]
+    fn a_world_readable_ca_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        Ca::init(
+            dir.path(),
+            "tether.local",
+            days(1).unwrap(),
+            Overwrite::Refuse,
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let key = dir.path().join("ca.key");
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+            let err = check_key_mode(&key).unwrap_err().to_string();
+            assert!(err.contains("chmod 600"), "{err}");
+        }
+    }
+}

@@ -247,8 +247,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts a relay on OS-chosen ports; `extra` is appended to the `[ingress]` table.
-    pub fn start(pki: &Pki, work: &Path, extra_ingress: &str) -> Relay {
+    /// Starts a relay on OS-chosen ports; `extra_ingress` is appended to the `[ingress]`
+    /// table and `tail` (more tables) to the file.
+    pub fn start(pki: &Pki, work: &Path, extra_ingress: &str, tail: &str) -> Relay {
         let config = work.join("relay.toml");
         let pki_dir = pki.dir.display();
         std::fs::write(
@@ -257,7 +258,7 @@ impl Relay {
                 "[tunnel]\nlisten = \"127.0.0.1:0\"\nca = \"{pki_dir}/ca.pem\"\n\
                  cert = \"{pki_dir}/relay.pem\"\nkey = \"{pki_dir}/relay.key\"\n\n\
                  [ingress]\nlisten = \"127.0.0.1:0\"\n{extra_ingress}\n\n\
-                 [admin]\nlisten = \"127.0.0.1:0\"\n"
+                 [admin]\nlisten = \"127.0.0.1:0\"\n\n{tail}\n"
             ),
         )
         .unwrap();
@@ -351,12 +352,27 @@ impl Agent {
         connections: usize,
         routes: &[(&str, &str)],
     ) -> Agent {
-        let mut toml = format!(
-            "relay = \"{relay}\"\nserver_name = \"localhost\"\nca = \"{}\"\ncert = \"{}\"\n\
-             key = \"{}\"\nconnections = {connections}\n",
+        let identity = format!(
+            "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
             pki.ca().display(),
             cert.0.display(),
             cert.1.display()
+        );
+        Agent::start_with_identity(work, node, &identity, relay, connections, routes)
+    }
+
+    /// Starts an agent whose identity is given as config lines (`state_dir = ...`, or
+    /// `ca`/`cert`/`key`).
+    pub fn start_with_identity(
+        work: &Path,
+        node: &str,
+        identity: &str,
+        relay: SocketAddr,
+        connections: usize,
+        routes: &[(&str, &str)],
+    ) -> Agent {
+        let mut toml = format!(
+            "relay = \"{relay}\"\nserver_name = \"localhost\"\n{identity}connections = {connections}\n"
         );
         for (prefix, upstream) in routes {
             toml.push_str(&format!(
@@ -395,10 +411,48 @@ impl World {
 
     /// A world whose relay gets `extra_ingress` lines in its `[ingress]` table.
     pub fn with_ingress(extra_ingress: &str) -> World {
+        World::with_relay_config(extra_ingress, "")
+    }
+
+    /// A world with enrollment on (`[enroll]` with the CA key, plus `extra_enroll` lines).
+    pub fn with_enrollment(extra_enroll: &str) -> World {
+        World::with_relay_config(
+            "",
+            &format!("[enroll]\nca_key = \"PKI/ca.key\"\n{extra_enroll}"),
+        )
+    }
+
+    /// A world whose relay config gets `extra_ingress` in `[ingress]` and `tail` appended;
+    /// `PKI` in `tail` stands for the PKI directory.
+    pub fn with_relay_config(extra_ingress: &str, tail: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(&dir.path().join("pki"));
-        let relay = Relay::start(&pki, dir.path(), extra_ingress);
+        let tail = tail.replace("PKI", &pki.dir.display().to_string());
+        let relay = Relay::start(&pki, dir.path(), extra_ingress, &tail);
         World { dir, pki, relay }
+    }
+
+    /// `tether-certs token create` for `node` of `cluster`.
+    pub fn token(&self, node: &str, cluster: &str, ttl: &str) -> String {
+        let d = self.pki.dir.to_str().unwrap();
+        let out = certs(&[
+            "token",
+            "create",
+            "--dir",
+            d,
+            "--node",
+            node,
+            "--cluster",
+            cluster,
+            "--ttl",
+            ttl,
+        ]);
+        assert!(
+            out.status.success(),
+            "token create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
     /// Starts a sample service named `svc-<node>` and an agent for it, and waits until
@@ -440,4 +494,31 @@ pub fn client() -> reqwest::Client {
 pub fn sha256_hex(data: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(data))
+}
+
+/// Runs `tether-agent enroll` (bounded by its own 15 s exchange timeout).
+pub fn enroll(relay: SocketAddr, token: &str, dir: &Path) -> std::process::Output {
+    enroll_with(Command::new(bin("tether-agent")), relay, token, dir)
+}
+
+/// Runs `tether-agent enroll` through a prepared command (e.g. under `faketime`).
+pub fn enroll_with(
+    mut cmd: Command,
+    relay: SocketAddr,
+    token: &str,
+    dir: &Path,
+) -> std::process::Output {
+    cmd.args([
+        "enroll",
+        "--relay",
+        &relay.to_string(),
+        "--server-name",
+        "localhost",
+        "--dir",
+    ])
+    .arg(dir)
+    .env("TETHER_ENROLL_TOKEN", token)
+    .env("RUST_BACKTRACE", "0")
+    .output()
+    .expect("running tether-agent enroll")
 }
