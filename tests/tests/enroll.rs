@@ -148,8 +148,14 @@ async fn bad_enrollments_fail_clearly_and_write_nothing() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
 
-    // Enrollment that is not enabled on the relay.
+    // A relay that is not the one the token pins (another CA): refused by the agent.
     let plain = World::new();
+    let token = w.token("node-i", "west", "10m");
+    let out = enroll(plain.relay.tunnel, &token, &w.dir.path().join("impostor"));
+    assert!(stderr(&out).contains("does not match the token"), "{}", stderr(&out));
+    assert!(!w.dir.path().join("impostor").join("agent.key").exists());
+
+    // Enrollment that is not enabled on the relay.
     let token = plain.token("node-p", "west", "10m");
     let out = enroll(plain.relay.tunnel, &token, &w.dir.path().join("plain"));
     assert!(stderr(&out).contains("disabled"), "{}", stderr(&out));
