@@ -92,17 +92,28 @@ enum Phase {
     Done,
 }
 
-/// An HTTP/3 receiving half as a hyper body. `G` rides along until the body ends or is
-/// dropped: the relay puts its stream lease there, so a stream counts as outstanding
-/// exactly as long as its response is being read.
-pub struct TunnelBody<R: H3Recv, G: Send + Unpin + 'static = ()> {
+/// Told once how a [`TunnelBody`] ended, then dropped with it. The relay's observer holds
+/// the stream's lease (so a stream counts as outstanding exactly as long as its response
+/// is being read) and writes the request's log line and metrics.
+pub trait BodyObserver: Send + Unpin + 'static {
+    /// `bytes` of body passed; `complete` is false when the body failed or was dropped
+    /// before its end.
+    fn finished(&mut self, bytes: u64, complete: bool);
+}
+
+impl BodyObserver for () {
+    fn finished(&mut self, _bytes: u64, _complete: bool) {}
+}
+
+/// An HTTP/3 receiving half as a hyper body, with an observer `G` riding along.
+pub struct TunnelBody<R: H3Recv, G: BodyObserver = ()> {
     recv: R,
     phase: Phase,
     bytes: u64,
     guard: Option<G>,
 }
 
-impl<R: H3Recv, G: Send + Unpin + 'static> TunnelBody<R, G> {
+impl<R: H3Recv, G: BodyObserver> TunnelBody<R, G> {
     pub fn new(recv: R, guard: G) -> Self {
         TunnelBody {
             recv,
@@ -117,13 +128,21 @@ impl<R: H3Recv, G: Send + Unpin + 'static> TunnelBody<R, G> {
         self.bytes
     }
 
-    fn end(&mut self) {
+    fn end(&mut self, complete: bool) {
         self.phase = Phase::Done;
-        self.guard = None;
+        if let Some(mut g) = self.guard.take() {
+            g.finished(self.bytes, complete);
+        }
     }
 }
 
-impl<R: H3Recv, G: Send + Unpin + 'static> Body for TunnelBody<R, G> {
+impl<R: H3Recv, G: BodyObserver> Drop for TunnelBody<R, G> {
+    fn drop(&mut self) {
+        self.end(false);
+    }
+}
+
+impl<R: H3Recv, G: BodyObserver> Body for TunnelBody<R, G> {
     type Data = Bytes;
     type Error = StreamError;
 
@@ -141,13 +160,13 @@ impl<R: H3Recv, G: Send + Unpin + 'static> Body for TunnelBody<R, G> {
                     }
                     Ok(None) => this.phase = Phase::Trailers,
                     Err(e) => {
-                        this.end();
+                        this.end(false);
                         return Poll::Ready(Some(Err(e)));
                     }
                 },
                 Phase::Trailers => {
                     let r = ready!(this.recv.poll_trailers(cx));
-                    this.end();
+                    this.end(r.is_ok());
                     return Poll::Ready(match r {
                         Ok(Some(t)) => Some(Ok(Frame::trailers(t))),
                         Ok(None) => None,

@@ -5,7 +5,9 @@
 //! and writes ([`headers`]), the error codes callers see ([`error_code`]) and the shared
 //! TLS plumbing ([`tls`]).
 
+pub mod admin;
 pub mod config;
+pub mod control;
 pub mod enroll;
 pub mod error_code;
 pub mod h3body;

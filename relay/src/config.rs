@@ -6,14 +6,16 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tether_proto::headers::{DEFAULT_CLUSTER_HEADER, DEFAULT_NODE_HEADER};
+use tether_proto::admin::AdminConfig;
 use tether_proto::logging::LogConfig;
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub tunnel: TunnelConfig,
     pub ingress: IngressConfig,
     pub enroll: EnrollConfig,
+    /// Admin HTTP listener: health, metrics, the registry as JSON, the status page.
     pub admin: AdminConfig,
     pub log: LogConfig,
 }
@@ -41,6 +43,18 @@ impl Default for EnrollConfig {
             ca_cert: None,
             tokens: None,
             cert_lifetime: tether_proto::enroll::DEFAULT_AGENT_CERT_LIFETIME,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            tunnel: TunnelConfig::default(),
+            ingress: IngressConfig::default(),
+            enroll: EnrollConfig::default(),
+            admin: AdminConfig::on(([127, 0, 0, 1], 9090).into()),
+            log: LogConfig::default(),
         }
     }
 }
@@ -108,23 +122,6 @@ impl Default for IngressConfig {
             cluster_header: DEFAULT_CLUSTER_HEADER.into(),
             request_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Admin HTTP listener: health and the registry as JSON.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
-    pub enabled: bool,
-    pub listen: SocketAddr,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            enabled: true,
-            listen: ([127, 0, 0, 1], 9090).into(),
         }
     }
 }

@@ -2,6 +2,8 @@
 //! response back. Bodies and trailers stream both ways; nothing is buffered whole.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,11 +13,12 @@ use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use tether_proto::h3body::{pump, TunnelBody};
+use tether_proto::h3body::{pump, BodyObserver, TunnelBody};
 use tether_proto::headers::{strip_hop_by_hop, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use tether_proto::ErrorCode;
 use tracing::{debug, info, Instrument, Span};
 
+use crate::metrics::Metrics;
 use crate::registry::Lease;
 use crate::tunnel::Link;
 
@@ -33,19 +36,60 @@ pub fn error_response(code: ErrorCode, detail: &str) -> Response<RespBody> {
     })
 }
 
-/// Lives as long as the response body: holds the stream's lease (so it counts as
-/// outstanding until the last byte) and writes the one log line per request.
+/// Created when a request gets its tunnel and dropped when it is over (after the last
+/// response byte, or with the error response): holds the stream's lease, so the stream
+/// counts as outstanding exactly that long, and writes the request's one log line and
+/// its metrics.
 struct Completion {
-    _lease: Lease<Link>,
+    lease: Lease<Link>,
     span: Span,
-    status: u16,
     started: Instant,
+    status: u16,
+    error: Option<ErrorCode>,
+    /// Request body bytes sent down the tunnel (the upload task adds to it).
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
+    complete: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl Completion {
+    /// Ends the request with a Tether error response.
+    fn fail(mut self, code: ErrorCode, detail: &str) -> Response<RespBody> {
+        self.status = code.status().as_u16();
+        self.error = Some(code);
+        error_response(code, detail)
+    }
+}
+
+impl BodyObserver for Completion {
+    fn finished(&mut self, bytes: u64, complete: bool) {
+        self.bytes_out = bytes;
+        self.complete = complete;
+    }
 }
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        let ms = self.started.elapsed().as_secs_f64() * 1e3;
-        info!(parent: &self.span, status = self.status, duration_ms = ms, "request done");
+        let elapsed = self.started.elapsed();
+        let m = &self.lease.tunnel().handle.metrics;
+        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        m.observe(self.status, elapsed);
+        m.bytes_in.inc_by(bytes_in);
+        m.bytes_out.inc_by(self.bytes_out);
+        if let Some(code) = self.error {
+            self.metrics.error(code);
+        }
+        info!(
+            parent: &self.span,
+            status = self.status,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
+            bytes_in,
+            bytes_out = self.bytes_out,
+            complete = self.complete,
+            error = self.error.map(ErrorCode::as_str),
+            "request"
+        );
     }
 }
 
@@ -101,22 +145,33 @@ pub async fn forward(
     req: Request<Incoming>,
     timeout: Duration,
     started: Instant,
+    metrics: Arc<Metrics>,
 ) -> Response<RespBody> {
+    let tunnel = lease.tunnel().clone();
+    tunnel.handle.metrics.streams_total.inc();
+    let mut done = Completion {
+        lease,
+        span: Span::current(),
+        started,
+        status: 0,
+        error: None,
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_out: 0,
+        complete: false,
+        metrics,
+    };
+    let node = &tunnel.identity.node;
     let (mut parts, body) = req.into_parts();
     let caller_version = parts.version;
-    let tunnel = lease.tunnel().clone();
-    tunnel_head(&mut parts, remote, tunnel.identity.node.as_str());
+    tunnel_head(&mut parts, remote, node.as_str());
 
     let mut sender = tunnel.handle.sender.clone();
     let stream = match sender.send_request(Request::from_parts(parts, ())).await {
         Ok(s) => s,
         Err(e) => {
-            return error_response(
+            return done.fail(
                 ErrorCode::TunnelLost,
-                &format!(
-                    "could not open a stream to node {}: {e}",
-                    tunnel.identity.node
-                ),
+                &format!("could not open a stream to node {node}: {e}"),
             )
         }
     };
@@ -131,10 +186,12 @@ pub async fn forward(
             debug!(error = %e, "finishing request stream failed");
         }
     } else {
+        let bytes_in = done.bytes_in.clone();
         upload = Some(tokio::spawn(
             async move {
-                if let Err(e) = pump(body, &mut send).await {
-                    debug!(error = %e, "request body not fully sent");
+                match pump(body, &mut send).await {
+                    Ok(n) => bytes_in.store(n, Ordering::Relaxed),
+                    Err(e) => debug!(error = %e, "request body not fully sent"),
                 }
             }
             .in_current_span(),
@@ -150,24 +207,18 @@ pub async fn forward(
         Ok(Ok(head)) => head,
         Ok(Err(e)) => {
             abort_upload(upload);
-            return error_response(
+            return done.fail(
                 ErrorCode::TunnelLost,
-                &format!(
-                    "tunnel to node {} failed before the response: {e}",
-                    tunnel.identity.node
-                ),
+                &format!("tunnel to node {node} failed before the response: {e}"),
             );
         }
         Err(_) => {
             // Dropping both halves resets the stream, so the agent stops working on it.
             // (Not `stop_sending`: h3-quinn 0.0.10 panics if a read was in progress.)
             abort_upload(upload);
-            return error_response(
+            return done.fail(
                 ErrorCode::Timeout,
-                &format!(
-                    "no response head from node {} within {timeout:?}",
-                    tunnel.identity.node
-                ),
+                &format!("no response head from node {node} within {timeout:?}"),
             );
         }
     };
@@ -175,14 +226,9 @@ pub async fn forward(
     strip_hop_by_hop(&mut head.headers);
     // hyper answers in the caller's protocol and insists the head says so.
     head.version = caller_version;
-    debug!(status = head.status.as_u16(), "response head");
-    let completion = Completion {
-        _lease: lease,
-        span: Span::current(),
-        status: head.status.as_u16(),
-        started,
-    };
-    let body = TunnelBody::new(recv, completion)
+    done.status = head.status.as_u16();
+    done.complete = true;
+    let body = TunnelBody::new(recv, done)
         .map_err(BoxError::from)
         .boxed_unsync();
     Response::from_parts(head, body)

@@ -16,29 +16,36 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tether_proto::{ErrorCode, Id};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::IngressConfig;
 use crate::forward::{error_response, forward, RespBody};
+use crate::metrics::Metrics;
 use crate::registry::Lease;
 use crate::tunnel::{Link, TunnelRegistry};
 
 /// Everything a request needs to be routed; shared by all connections.
 pub struct Router {
     registry: TunnelRegistry,
+    metrics: Arc<Metrics>,
     node_header: HeaderName,
     cluster_header: HeaderName,
     timeout: Duration,
 }
 
 impl Router {
-    pub fn new(cfg: &IngressConfig, registry: TunnelRegistry) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: &IngressConfig,
+        registry: TunnelRegistry,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
         let header = |name: &str, key: &str| {
             HeaderName::try_from(name.to_ascii_lowercase())
                 .map_err(|_| anyhow::anyhow!("ingress.{key} {name:?} is not a valid header name"))
         };
         Ok(Router {
             registry,
+            metrics,
             node_header: header(&cfg.node_header, "node_header")?,
             cluster_header: header(&cfg.cluster_header, "cluster_header")?,
             timeout: cfg.request_timeout,
@@ -88,10 +95,21 @@ impl Router {
 
     async fn handle(&self, remote: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
         let started = Instant::now();
-        let lease = match self.route(req.headers()) {
+        let routed = self.route(req.headers());
+        self.metrics.observe_pick(started.elapsed());
+        let lease = match routed {
             Ok(lease) => lease,
             Err((code, detail)) => {
-                debug!(%remote, code = %code, detail, "request refused");
+                self.metrics.error(code);
+                info!(
+                    %remote,
+                    status = code.status().as_u16(),
+                    error = code.as_str(),
+                    detail,
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    "request"
+                );
                 return error_response(code, &detail);
             }
         };
@@ -105,7 +123,7 @@ impl Router {
             method = %req.method(),
             path = %req.uri().path(),
         );
-        forward(lease, remote, req, self.timeout, started)
+        forward(lease, remote, req, self.timeout, started, self.metrics.clone())
             .instrument(span)
             .await
     }

@@ -9,6 +9,7 @@ mod config;
 mod enroll;
 mod forward;
 mod ingress;
+mod metrics;
 mod registry;
 mod revocation;
 mod tls;
@@ -102,6 +103,7 @@ async fn shutdown_signal() -> &'static str {
 
 async fn run(cfg: Config) -> Result<()> {
     let registry = TunnelRegistry::default();
+    let metrics = Arc::new(metrics::Metrics::default());
     let revocations = Arc::new(revocation::RevocationList::load(
         cfg.tunnel.revocations_path(),
     )?);
@@ -127,17 +129,22 @@ async fn run(cfg: Config) -> Result<()> {
             .await
             .with_context(|| format!("binding admin.listen {}", cfg.admin.listen))?;
         info!(addr = %admin.local_addr()?, "admin listening");
-        tokio::spawn(admin::serve(admin, registry.clone()));
+        tokio::spawn(admin::serve(
+            admin,
+            admin::Admin { registry: registry.clone(), metrics: metrics.clone() },
+        ));
     }
 
-    tokio::spawn(revocations.watch(registry.clone()));
-    tokio::spawn(tunnel::accept_loop(
-        endpoint.clone(),
-        registry.clone(),
-        enroller,
-    ));
-    let router = Arc::new(ingress::Router::new(&cfg.ingress, registry.clone())?);
     let stop = CancellationToken::new();
+    tokio::spawn(revocations.watch(registry.clone()));
+    let acceptor = Arc::new(tunnel::Acceptor {
+        registry: registry.clone(),
+        enroller,
+        metrics: metrics.clone(),
+        shutdown: stop.clone(),
+    });
+    tokio::spawn(tunnel::accept_loop(endpoint.clone(), acceptor));
+    let router = Arc::new(ingress::Router::new(&cfg.ingress, registry.clone(), metrics.clone())?);
     let ingress_task = tokio::spawn(ingress::serve(
         ingress,
         router,
@@ -146,7 +153,7 @@ async fn run(cfg: Config) -> Result<()> {
     ));
 
     let signal = shutdown_signal().await;
-    info!(signal, "shutting down: finishing requests in flight");
+    info!(signal, "shutting down: telling agents, finishing requests in flight");
     stop.cancel();
     let _ = ingress_task.await;
     endpoint.close(close::SHUTDOWN.into(), b"relay shutting down");

@@ -10,7 +10,7 @@
 //! one mutex so that "last connection of a node leaves" and "a new one arrives" can never
 //! interleave into an orphaned entry.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -28,9 +28,24 @@ pub struct Tunnel<T> {
     pub handle: T,
     open_streams: AtomicUsize,
     total_streams: AtomicU64,
+    draining: AtomicBool,
 }
 
 impl<T> Tunnel<T> {
+    /// Stops new requests from picking this connection (requests in flight go on).
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Load for balancing; `None` when the connection takes no new requests.
+    fn load(&self) -> Option<usize> {
+        (!self.is_draining()).then(|| self.open_streams())
+    }
+
     pub fn open_streams(&self) -> usize {
         self.open_streams.load(Ordering::Relaxed)
     }
@@ -77,13 +92,15 @@ impl<T> Node<T> {
         self.tunnels.load_full()
     }
 
-    fn load(&self) -> usize {
-        self.tunnels.load().iter().map(|t| t.open_streams()).sum()
+    /// Streams in flight over the node's connections that take requests; `None` when
+    /// none does.
+    fn load(&self) -> Option<usize> {
+        self.tunnels.load().iter().filter_map(|t| t.load()).reduce(|a, b| a + b)
     }
 
     fn pick(&self) -> Option<Lease<T>> {
         let tunnels = self.tunnels.load();
-        let i = least_loaded(&tunnels, &self.rr, |t| t.open_streams())?;
+        let i = least_loaded(&tunnels, &self.rr, |t| t.load())?;
         Some(Lease::new(tunnels[i].clone()))
     }
 }
@@ -93,29 +110,31 @@ struct Cluster<T> {
     rr: AtomicUsize,
 }
 
-/// Index of the item with the fewest outstanding streams; ties go to the first one at or
-/// after a rotating start, which makes equal loads round-robin.
-fn least_loaded<I>(items: &[I], rr: &AtomicUsize, load: impl Fn(&I) -> usize) -> Option<usize> {
+/// Index of the available item with the fewest outstanding streams (`load` is `None`
+/// for an unavailable one); ties go to the first one at or after a rotating start, which
+/// makes equal loads round-robin.
+fn least_loaded<I>(
+    items: &[I],
+    rr: &AtomicUsize,
+    load: impl Fn(&I) -> Option<usize>,
+) -> Option<usize> {
     let n = items.len();
     if n == 0 {
         return None;
     }
-    if n == 1 {
-        return Some(0);
-    }
-    let start = rr.fetch_add(1, Ordering::Relaxed) % n;
-    let mut best = (usize::MAX, start);
+    let start = if n == 1 { 0 } else { rr.fetch_add(1, Ordering::Relaxed) % n };
+    let mut best: Option<(usize, usize)> = None;
     for k in 0..n {
         let i = (start + k) % n;
-        let l = load(&items[i]);
-        if l < best.0 {
-            best = (l, i);
+        let Some(l) = load(&items[i]) else { continue };
+        if best.is_none_or(|(b, _)| l < b) {
+            best = Some((l, i));
             if l == 0 {
                 break;
             }
         }
     }
-    Some(best.1)
+    best.map(|(_, i)| i)
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -177,6 +196,7 @@ impl<T> Registry<T> {
             handle,
             open_streams: AtomicUsize::new(0),
             total_streams: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         });
         let node = self
             .inner
@@ -360,6 +380,23 @@ mod tests {
         drop((l1, l2));
         assert_eq!(t1.open_streams() + t2.open_streams(), 0);
         assert_eq!(t1.total_streams() + t2.total_streams(), 2);
+    }
+
+    #[test]
+    fn draining_connections_and_nodes_take_no_new_requests() {
+        let r = Registry::default();
+        let a1 = r.register(ident("c", "a"), "a1").unwrap();
+        let a2 = r.register(ident("c", "a"), "a2").unwrap();
+        r.register(ident("c", "b"), "b").unwrap();
+        a1.set_draining();
+        for _ in 0..10 {
+            assert_eq!(r.pick_node(&id("a")).unwrap().tunnel().handle, "a2");
+        }
+        a2.set_draining();
+        assert!(r.pick_node(&id("a")).is_none(), "a fully draining node is not a target");
+        for _ in 0..10 {
+            assert_eq!(r.pick_cluster(&id("c")).unwrap().tunnel().handle, "b");
+        }
     }
 
     #[test]

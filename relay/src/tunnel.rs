@@ -2,18 +2,22 @@
 //! verified certificate, wraps each connection in an HTTP/3 *client* and registers it.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
-use std::sync::Arc;
+use tether_proto::control;
 use tether_proto::enroll::ALPN_ENROLL;
 use tether_proto::tls::identity_from_cert;
 use tether_proto::wire::close;
+use tether_proto::Identity;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::enroll::Enroller;
-use crate::registry::Registry;
+use crate::metrics::{HandshakeResult, Metrics, TunnelMetrics};
+use crate::registry::{Registry, Tunnel};
 use crate::tls::cert_serial;
 
 /// What the registry holds for each tunnel connection.
@@ -25,22 +29,29 @@ pub struct Link {
     pub connected_at: SystemTime,
     pub cert_serial: String,
     pub cert_not_after: String,
+    /// This tunnel's cached metric handles.
+    pub metrics: TunnelMetrics,
 }
 
 pub type TunnelRegistry = Registry<Link>;
 
+/// Everything a new connection needs; shared by all of them.
+pub struct Acceptor {
+    pub registry: TunnelRegistry,
+    pub enroller: Arc<Enroller>,
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the relay shuts down: every control stream then says `drain`.
+    pub shutdown: CancellationToken,
+}
+
 /// Accepts agents until the endpoint is closed.
-pub async fn accept_loop(
-    endpoint: quinn::Endpoint,
-    registry: TunnelRegistry,
-    enroller: Arc<Enroller>,
-) {
+pub async fn accept_loop(endpoint: quinn::Endpoint, acceptor: Arc<Acceptor>) {
     while let Some(incoming) = endpoint.accept().await {
-        let registry = registry.clone();
-        let enroller = enroller.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            if let Err(e) = handle(incoming, registry, enroller)
+            if let Err(e) = acceptor
+                .handle(incoming)
                 .instrument(info_span!("tunnel", %remote))
                 .await
             {
@@ -56,86 +67,186 @@ fn cert_not_after(der: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-async fn handle(
-    incoming: quinn::Incoming,
-    registry: TunnelRegistry,
-    enroller: Arc<Enroller>,
-) -> anyhow::Result<()> {
-    let remote = incoming.remote_address();
-    let conn = match incoming.await {
-        Ok(c) => c,
-        Err(e) => {
-            // Certificate problems (wrong CA, expired, no identity, server-only usage,
-            // revoked) surface here with the verifier's reason.
-            warn!(reason = %e, "agent refused in handshake");
+/// A short, stable label for why a handshake failed (for metrics).
+fn refusal_reason(e: &quinn::ConnectionError) -> &'static str {
+    let text = e.to_string();
+    let has = |s: &str| text.contains(s);
+    if has("revoked") {
+        "revoked"
+    } else if has("UnknownIssuer") || has("BadSignature") {
+        "unknown-ca"
+    } else if has("Expired") || has("NotValidYet") {
+        "expired"
+    } else if has("extended key usage") || has("KeyUsage") {
+        "wrong-usage"
+    } else if has("identity") {
+        "bad-identity"
+    } else {
+        "handshake-failed"
+    }
+}
+
+/// Reads the agent's side of the control stream into control events until it ends.
+async fn control_events(
+    recv: &mut h3::client::RequestStream<h3_quinn::RecvStream, Bytes>,
+    mut on_event: impl FnMut(control::Event),
+) -> Result<(), h3::error::StreamError> {
+    let mut decoder = control::Decoder::default();
+    while let Some(mut chunk) = recv.recv_data().await? {
+        use bytes::Buf;
+        let bytes = chunk.copy_to_bytes(chunk.remaining());
+        decoder.push(&bytes, &mut on_event);
+    }
+    Ok(())
+}
+
+impl Acceptor {
+    async fn handle(&self, incoming: quinn::Incoming) -> anyhow::Result<()> {
+        let remote = incoming.remote_address();
+        let conn = match incoming.await {
+            Ok(c) => c,
+            Err(e) => {
+                // Certificate problems (wrong CA, expired, no identity, server-only
+                // usage, revoked) surface here with the verifier's reason.
+                self.metrics.handshake(HandshakeResult::Refused, refusal_reason(&e));
+                warn!(reason = %e, "agent refused in handshake");
+                return Ok(());
+            }
+        };
+        let alpn = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol);
+        // Any certificate here was fully verified in the handshake (chain, usage,
+        // identity, revocation); parsing again yields the typed identity.
+        let peer = conn
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|certs| certs.into_iter().next());
+        let identity = peer.as_ref().map(|c| identity_from_cert(c, None)).transpose()?;
+        if alpn.as_deref() == Some(ALPN_ENROLL) {
+            let peer = identity.zip(peer.as_ref().map(|c| cert_serial(c)));
+            self.enroller.serve(conn, peer).instrument(info_span!("enroll")).await;
             return Ok(());
         }
-    };
-    let alpn = conn
-        .handshake_data()
-        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|d| d.protocol);
-    // Any certificate here was fully verified in the handshake (chain, usage, identity,
-    // revocation); parsing again yields the typed identity.
-    let peer = conn
-        .peer_identity()
-        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .and_then(|certs| certs.into_iter().next());
-    let identity = peer
-        .as_ref()
-        .map(|c| identity_from_cert(c, None))
-        .transpose()?;
-    if alpn.as_deref() == Some(ALPN_ENROLL) {
-        let peer = identity.zip(peer.as_ref().map(|c| cert_serial(c)));
-        enroller
-            .serve(conn, peer)
-            .instrument(info_span!("enroll"))
-            .await;
-        return Ok(());
+        let (Some(identity), Some(cert)) = (identity, peer) else {
+            self.metrics.handshake(HandshakeResult::Refused, "no-client-certificate");
+            warn!("agent refused: no client certificate on the tunnel ALPN");
+            conn.close(close::REFUSED.into(), b"client certificate required");
+            return Ok(());
+        };
+        let span = info_span!(
+            "agent",
+            node = %identity.node,
+            cluster = %identity.cluster,
+            conn = tracing::field::Empty
+        );
+        self.serve_tunnel(conn, remote, identity, &cert).instrument(span).await
     }
-    let (Some(identity), Some(cert)) = (identity, peer) else {
-        warn!("agent refused: no client certificate on the tunnel ALPN");
-        conn.close(close::REFUSED.into(), b"client certificate required");
-        return Ok(());
-    };
-    let (cert_serial, cert_not_after) = (cert_serial(&cert), cert_not_after(&cert));
-    let span = info_span!(
-        "agent",
-        node = %identity.node,
-        cluster = %identity.cluster,
-        conn = tracing::field::Empty
-    );
-    async move {
+
+    async fn serve_tunnel(
+        &self,
+        conn: quinn::Connection,
+        remote: SocketAddr,
+        identity: Identity,
+        cert: &[u8],
+    ) -> anyhow::Result<()> {
         let (mut driver, sender) = h3::client::builder()
             .send_grease(false)
             .build::<_, _, Bytes>(h3_quinn::Connection::new(conn.clone()))
             .await?;
         let link = Link {
-            sender,
+            sender: sender.clone(),
             conn: conn.clone(),
             remote,
             connected_at: SystemTime::now(),
-            cert_serial,
-            cert_not_after,
+            cert_serial: cert_serial(cert),
+            cert_not_after: cert_not_after(cert),
+            metrics: self.metrics.for_tunnel(&identity),
         };
         let node = identity.node.clone();
-        let tunnel = match registry.register(identity, link) {
+        let tunnel = match self.registry.register(identity, link) {
             Ok(t) => t,
             Err(e) => {
+                self.metrics.handshake(HandshakeResult::Refused, "cluster-conflict");
                 warn!(error = %e, "refusing tunnel");
                 conn.close(close::REFUSED.into(), e.to_string().as_bytes());
                 return Ok(());
             }
         };
+        self.metrics.handshake(HandshakeResult::Accepted, "");
         let conn_id = tunnel.conn_id;
-        drop(tunnel);
         tracing::Span::current().record("conn", conn_id);
-        info!(connections = registry.connection_count(), "tunnel up");
+        info!(connections = self.registry.connection_count(), "tunnel up");
+        let control = tokio::spawn(
+            run_control(sender, tunnel, self.shutdown.clone()).in_current_span(),
+        );
         let reason = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-        registry.unregister(&node, conn_id);
-        info!(reason = %reason, "tunnel down");
+        control.abort();
+        self.registry.unregister(&node, conn_id);
+        let orderly = match conn.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(c)) => {
+                c.error_code == close::SHUTDOWN.into()
+            }
+            Some(quinn::ConnectionError::LocallyClosed) => true,
+            _ => false,
+        };
+        if orderly {
+            info!("tunnel closed");
+        } else {
+            info!(reason = %reason, "tunnel lost");
+        }
         Ok(())
     }
-    .instrument(span)
-    .await
 }
+
+/// The relay's end of a tunnel's control stream (see `tether_proto::control`): answers
+/// an agent's `drain` once its streams in flight are done, and tells the agent when the
+/// relay itself is shutting down.
+async fn run_control(
+    mut sender: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    tunnel: Arc<Tunnel<Link>>,
+    shutdown: CancellationToken,
+) {
+    let req = http::Request::post(format!("http://tether{}", control::CONTROL_PATH))
+        .body(())
+        .expect("static request is valid");
+    let result = async {
+        let stream = sender.send_request(req).await?;
+        let (mut send, mut recv) = stream.split();
+        recv.recv_response().await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let reader = control_events(&mut recv, |e| {
+            let _ = tx.send(e);
+        });
+        tokio::pin!(reader);
+        let mut told_shutdown = false;
+        loop {
+            tokio::select! {
+                r = &mut reader => return r,
+                Some(event) = rx.recv() => {
+                    if event == control::Event::Drain {
+                        info!("agent is draining: no new requests for this connection");
+                        tunnel.set_draining();
+                        let deadline = tokio::time::Instant::now() + DRAIN_WAIT;
+                        while tunnel.open_streams() > 0 && tokio::time::Instant::now() < deadline {
+                            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                        }
+                        send.send_data(Bytes::from_static(control::Event::Drained.as_line())).await?;
+                    }
+                }
+                _ = shutdown.cancelled(), if !told_shutdown => {
+                    told_shutdown = true;
+                    send.send_data(Bytes::from_static(control::Event::Drain.as_line())).await?;
+                }
+            }
+        }
+    };
+    if let Err(e) = result.await {
+        tracing::debug!(error = %e, "control stream ended");
+    }
+}
+
+/// Longest the relay waits for a draining connection's streams before answering
+/// `drained` anyway (the agent bounds its own wait too).
+const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
