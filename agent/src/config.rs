@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tether_proto::admin::AdminConfig;
 use tether_proto::logging::LogConfig;
 
 use crate::enroll::IdentityFiles;
@@ -30,6 +31,12 @@ pub struct Config {
     /// How long to wait for a local service to accept a TCP connection.
     #[serde(with = "humantime_serde")]
     pub upstream_connect_timeout: Duration,
+    /// On SIGTERM, how long to wait for the relay to move traffic away and for requests
+    /// in flight to finish.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Admin HTTP listener: /healthz, /readyz, /metrics.
+    pub admin: AdminConfig,
     pub log: LogConfig,
 }
 
@@ -52,6 +59,8 @@ impl Default for Config {
             connections: 2,
             routes: Vec::new(),
             upstream_connect_timeout: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
+            admin: AdminConfig::on(([127, 0, 0, 1], 9091).into()),
             log: LogConfig::default(),
         }
     }
@@ -144,6 +153,7 @@ upstream = "http://127.0.0.1:3001"
     fn out_of_range_connections_are_refused() {
         let cfg = Config {
             connections: 0,
+            state_dir: Some("/var/lib/tether".into()),
             ..Config::default()
         };
         assert!(cfg

@@ -6,7 +6,10 @@
 
 mod backoff;
 mod config;
+mod control;
 mod enroll;
+mod metrics;
+mod reload;
 mod renew;
 mod routes;
 mod serve;
@@ -21,7 +24,11 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use arc_swap::ArcSwap;
+use tether_proto::admin::{self, AdminResponse};
+
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::serve::{upstream_client, Service};
 
@@ -139,11 +146,14 @@ fn main() -> Result<()> {
     if let Some(cmd) = cli.cmd {
         return enroll_main(cmd);
     }
-    let cli = cli.run;
-    let cfg: Config = tether_proto::config::load(cli.config.as_deref(), cli.flags())
+    let source = reload::Source {
+        file: cli.run.config.clone(),
+        flags: cli.run.flags(),
+    };
+    let metrics = Arc::new(Metrics::default());
+    let (cfg, routes) = source
+        .load(&metrics)
         .context("invalid agent configuration")?;
-    cfg.validate().context("invalid agent configuration")?;
-    let routes = Routes::new(&cfg.routes).context("invalid agent configuration")?;
     tether_proto::logging::init(&cfg.log);
     if routes.is_empty() {
         warn!("no routes configured: every request will be answered 404 no-route");
@@ -151,7 +161,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(cfg, routes))
+    rt.block_on(run(cfg, routes, metrics, source))
 }
 
 async fn shutdown_signal() -> &'static str {
@@ -163,33 +173,74 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn run(cfg: Config, routes: Routes) -> Result<()> {
+async fn admin(
+    agent: Arc<tunnel::Agent>,
+    req: http::Request<hyper::body::Incoming>,
+) -> AdminResponse {
+    use http::StatusCode;
+    match req.uri().path() {
+        "/healthz" => admin::json(StatusCode::OK, serde_json::json!({"status": "ok"})),
+        "/readyz" => {
+            let up = agent.tunnels_up.load(std::sync::atomic::Ordering::Relaxed);
+            let status = if up > 0 {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            admin::json(status, serde_json::json!({"tunnels_up": up}))
+        }
+        "/metrics" => admin::response(StatusCode::OK, admin::PROMETHEUS, agent.metrics.encode()),
+        _ => admin::json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "not found"}),
+        ),
+    }
+}
+
+async fn run(
+    cfg: Config,
+    routes: Routes,
+    metrics: Arc<Metrics>,
+    source: reload::Source,
+) -> Result<()> {
     // Fail fast on unreadable certificates instead of retrying for ever.
     tls::client_config(&cfg)?;
+    let admin_cfg = cfg.admin.clone();
     let service = Arc::new(Service {
-        routes,
+        routes: ArcSwap::from_pointee(routes),
         client: upstream_client(cfg.upstream_connect_timeout),
     });
     let cfg = Arc::new(cfg);
-    let stop = CancellationToken::new();
+    let agent = Arc::new(tunnel::Agent {
+        cfg: ArcSwap::new(cfg.clone()),
+        service,
+        metrics,
+        tunnels_up: Default::default(),
+        stop: CancellationToken::new(),
+    });
+    if admin_cfg.enabled {
+        let listener = tokio::net::TcpListener::bind(admin_cfg.listen)
+            .await
+            .with_context(|| format!("binding admin.listen {}", admin_cfg.listen))?;
+        info!(addr = %listener.local_addr()?, "admin listening");
+        let agent = agent.clone();
+        tokio::spawn(admin::serve(listener, move |req| admin(agent.clone(), req)));
+    }
     info!(relay = %cfg.relay, connections = cfg.connections, "agent starting");
-    let renewal = cfg
-        .state_dir
-        .is_some()
-        .then(|| tokio::spawn(renew::run(cfg.clone(), stop.clone())));
+    let renewal = cfg.state_dir.is_some().then(|| {
+        tokio::spawn(renew::run(
+            cfg.clone(),
+            agent.metrics.clone(),
+            agent.stop.clone(),
+        ))
+    });
+    tokio::spawn(reload::watch(agent.clone(), source));
     let slots: Vec<_> = (0..cfg.connections)
-        .map(|slot| {
-            tokio::spawn(tunnel::run_slot(
-                slot,
-                cfg.clone(),
-                service.clone(),
-                stop.clone(),
-            ))
-        })
+        .map(|slot| tokio::spawn(tunnel::run_slot(slot, agent.clone())))
         .collect();
     let signal = shutdown_signal().await;
-    info!(signal, "shutting down");
-    stop.cancel();
+    info!(signal, "shutting down: draining tunnels");
+    agent.stop.cancel();
     for s in slots {
         let _ = s.await;
     }

@@ -13,6 +13,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::enroll::{renew, IdentityFiles};
+use crate::metrics::Metrics;
 
 /// Longest wait between renewal retries.
 const RETRY_CAP: Duration = Duration::from_secs(300);
@@ -36,7 +37,7 @@ fn validity(files: &IdentityFiles) -> Result<(u64, u64)> {
 }
 
 /// Renews for ever (until `stop`).
-pub async fn run(cfg: Arc<Config>, stop: CancellationToken) {
+pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, stop: CancellationToken) {
     let files = match cfg.identity_files() {
         Ok(f) => f,
         Err(_) => return,
@@ -51,6 +52,7 @@ pub async fn run(cfg: Arc<Config>, stop: CancellationToken) {
                     return;
                 }
             };
+        metrics.cert_expiry.set(not_after as i64);
         let due = renew_at_unix(not_before, not_after);
         let now = now_unix();
         if now < due {

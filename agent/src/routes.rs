@@ -5,6 +5,7 @@ use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::config::RouteConfig;
+use crate::metrics::{Metrics, RouteMetrics};
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -13,6 +14,7 @@ pub struct Route {
     pub upstream: String,
     scheme: Scheme,
     authority: Authority,
+    pub metrics: RouteMetrics,
 }
 
 impl Route {
@@ -41,7 +43,7 @@ pub enum RouteError {
 pub struct Routes(Vec<Route>);
 
 impl Routes {
-    pub fn new(cfg: &[RouteConfig]) -> Result<Self, RouteError> {
+    pub fn new(cfg: &[RouteConfig], metrics: &Metrics) -> Result<Self, RouteError> {
         let mut routes = Vec::with_capacity(cfg.len());
         for rc in cfg {
             if !rc.prefix.starts_with('/') {
@@ -63,6 +65,7 @@ impl Routes {
                 upstream: rc.upstream.clone(),
                 scheme: scheme.clone(),
                 authority: authority.clone(),
+                metrics: metrics.for_route(&rc.prefix),
             });
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
@@ -92,10 +95,13 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins_whatever_the_order() {
-        let routes = Routes::new(&[
-            rc("/", "http://127.0.0.1:3001"),
-            rc("/downstream_service/", "http://127.0.0.1:3000"),
-        ])
+        let routes = Routes::new(
+            &[
+                rc("/", "http://127.0.0.1:3001"),
+                rc("/downstream_service/", "http://127.0.0.1:3000"),
+            ],
+            &Metrics::default(),
+        )
         .unwrap();
         assert_eq!(
             routes.find("/downstream_service/x").unwrap().upstream,
@@ -117,7 +123,8 @@ mod tests {
 
     #[test]
     fn unmatched_paths_reach_nothing() {
-        let routes = Routes::new(&[rc("/api/", "http://127.0.0.1:3000")]).unwrap();
+        let routes =
+            Routes::new(&[rc("/api/", "http://127.0.0.1:3000")], &Metrics::default()).unwrap();
         assert!(routes.find("/admin").is_none());
         assert!(routes.find("/api").is_none());
     }
@@ -125,11 +132,14 @@ mod tests {
     #[test]
     fn bad_routes_are_refused() {
         assert!(matches!(
-            Routes::new(&[rc("api", "http://a:1")]),
+            Routes::new(&[rc("api", "http://a:1")], &Metrics::default()),
             Err(RouteError::BadPrefix(_))
         ));
         assert!(matches!(
-            Routes::new(&[rc("/", "http://a:1"), rc("/", "http://b:1")]),
+            Routes::new(
+                &[rc("/", "http://a:1"), rc("/", "http://b:1")],
+                &Metrics::default()
+            ),
             Err(RouteError::Duplicate(_))
         ));
         for up in [
@@ -139,7 +149,10 @@ mod tests {
             "not a url",
         ] {
             assert!(
-                matches!(Routes::new(&[rc("/", up)]), Err(RouteError::BadUpstream(_))),
+                matches!(
+                    Routes::new(&[rc("/", up)], &Metrics::default()),
+                    Err(RouteError::BadUpstream(_))
+                ),
                 "{up}"
             );
         }

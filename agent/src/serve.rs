@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use h3::server::RequestResolver;
 use h3_quinn::{Connection, SendStream};
@@ -11,11 +12,13 @@ use http::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use tether_proto::control::CONTROL_PATH;
 use tether_proto::h3body::{pump, TunnelBody};
 use tether_proto::headers::strip_hop_by_hop;
 use tether_proto::ErrorCode;
 use tracing::{debug, info, info_span, Instrument};
 
+use crate::control::ConnControl;
 use crate::routes::Routes;
 
 type Send = h3::server::RequestStream<SendStream<Bytes>, Bytes>;
@@ -35,7 +38,8 @@ pub fn upstream_client(connect_timeout: std::time::Duration) -> UpstreamClient {
 
 /// Shared by every request of every tunnel connection.
 pub struct Service {
-    pub routes: Routes,
+    /// Swapped whole on reload; a request keeps the table it started with.
+    pub routes: ArcSwap<Routes>,
     pub client: UpstreamClient,
 }
 
@@ -53,8 +57,13 @@ async fn send_error(send: &mut Send, code: ErrorCode, detail: &str) {
     }
 }
 
-/// Handles one request stream to completion.
-pub async fn handle(service: Arc<Service>, resolver: RequestResolver<Connection, Bytes>) {
+/// Handles one request stream to completion (the control stream for as long as the
+/// connection lives).
+pub async fn handle(
+    service: Arc<Service>,
+    resolver: RequestResolver<Connection, Bytes>,
+    control: Arc<ConnControl>,
+) {
     let (req, stream) = match resolver.resolve_request().await {
         Ok(x) => x,
         Err(e) => {
@@ -62,6 +71,9 @@ pub async fn handle(service: Arc<Service>, resolver: RequestResolver<Connection,
             return;
         }
     };
+    if req.uri().path() == CONTROL_PATH {
+        return control.serve(stream).await;
+    }
     let span = info_span!(
         "request",
         stream = stream.id().into_inner(),
@@ -84,7 +96,8 @@ async fn serve(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let Some(route) = service.routes.find(parts.uri.path()) else {
+    let routes = service.routes.load_full();
+    let Some(route) = routes.find(parts.uri.path()) else {
         info!(status = 404, "no route");
         let detail = format!("no agent route matches {}", parts.uri.path());
         return send_error(&mut send, ErrorCode::NoRoute, &detail).await;
@@ -107,6 +120,7 @@ async fn serve(
     let resp = match service.client.request(upstream_req).await {
         Ok(r) => r,
         Err(e) => {
+            route.metrics.unreachable.inc();
             let detail = format!("{} unreachable: {}", route.upstream, error_chain(&e));
             info!(status = 502, upstream = %route.upstream, detail, "upstream failed");
             return send_error(&mut send, ErrorCode::UpstreamUnreachable, &detail).await;
@@ -119,7 +133,9 @@ async fn serve(
         debug!(error = %e, "relay went away before the response head");
         return;
     }
-    match pump(body, &mut send).await {
+    let result = pump(body, &mut send).await;
+    route.metrics.observe(status, started.elapsed());
+    match result {
         Ok(bytes) => info!(
             status,
             bytes,

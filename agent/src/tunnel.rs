@@ -2,10 +2,12 @@
 //! the connection until it dies, then reconnects with backoff, for ever.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tether_proto::wire::close;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +16,8 @@ use tracing::{error, info, info_span, warn, Instrument};
 
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::control::ConnControl;
+use crate::metrics::Metrics;
 use crate::serve::{handle, Service};
 
 /// A connection that stayed up this long was healthy: the next failure starts the
@@ -62,16 +66,25 @@ async fn resolve(relay: &str) -> Result<SocketAddr> {
         .ok_or_else(|| anyhow!("relay {relay} resolves to no address"))
 }
 
-/// Keeps one tunnel connection up until `stop` is cancelled.
-pub async fn run_slot(
-    slot: usize,
-    cfg: Arc<Config>,
-    service: Arc<Service>,
-    stop: CancellationToken,
-) {
+/// What every connection slot shares.
+pub struct Agent {
+    /// Swapped whole on reload; each connection attempt reads the current one.
+    pub cfg: ArcSwap<Config>,
+    pub service: Arc<Service>,
+    pub metrics: Arc<Metrics>,
+    /// Slots whose tunnel is up (readiness: at least one).
+    pub tunnels_up: AtomicUsize,
+    /// Cancelled on SIGTERM/SIGINT: drain, then close.
+    pub stop: CancellationToken,
+}
+
+/// Keeps one tunnel connection up until the agent stops.
+pub async fn run_slot(slot: usize, agent: Arc<Agent>) {
     let mut backoff = Backoff::default();
+    let labels = Metrics::slot(slot);
     loop {
-        let outcome = connect_and_serve(&cfg, &service, &stop)
+        let outcome = agent
+            .connect_and_serve(slot)
             .instrument(info_span!("tunnel", slot))
             .await;
         let delay = match outcome {
@@ -95,111 +108,157 @@ pub async fn run_slot(
                 d
             }
         };
+        agent.metrics.reconnects.get_or_create(&labels).inc();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = stop.cancelled() => return,
+            _ = agent.stop.cancelled() => return,
         }
     }
 }
 
-async fn connect_and_serve(
-    cfg: &Config,
-    service: &Arc<Service>,
-    stop: &CancellationToken,
-) -> Outcome {
-    let setup = async {
-        let client_cfg = crate::tls::client_config(cfg)?;
-        let addr = resolve(&cfg.relay).await?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()?;
-        let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
-        endpoint.set_default_client_config(client_cfg);
-        let connecting = endpoint
-            .connect(addr, &cfg.server_name)
-            .with_context(|| format!("connecting to {addr}"))?;
-        Ok::<_, anyhow::Error>((endpoint, connecting))
-    };
-    let (endpoint, connecting) = match setup.await {
-        Ok(x) => x,
-        Err(e) => return Outcome::Failed(e),
-    };
-    let conn = tokio::select! {
-        r = connecting => match r {
-            Ok(c) => c,
-            // A relay certificate we do not trust fails here, on our side.
-            Err(quinn::ConnectionError::TransportError(e)) if is_crypto(e.code) => {
-                return Outcome::Refused(format!("relay certificate rejected: {e}"));
+impl Agent {
+    async fn connect_and_serve(&self, slot: usize) -> Outcome {
+        let cfg = self.cfg.load_full();
+        let setup = async {
+            let client_cfg = crate::tls::client_config(&cfg)?;
+            let addr = resolve(&cfg.relay).await?;
+            let bind: SocketAddr = if addr.is_ipv6() {
+                "[::]:0"
+            } else {
+                "0.0.0.0:0"
             }
-            Err(e) => return Outcome::Failed(anyhow!(e).context(format!("handshake with {}", cfg.relay))),
-        },
-        _ = stop.cancelled() => return Outcome::Stopped,
-    };
-    let up_at = Instant::now();
-    let outcome = serve_connection(&conn, service, stop).await;
-    // Let the close frame reach the relay before the socket goes away.
-    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
-    match outcome {
-        Outcome::Served { reason, .. } => Outcome::Served {
-            uptime: up_at.elapsed(),
-            reason,
-        },
-        other => other,
-    }
-}
-
-async fn serve_connection(
-    conn: &quinn::Connection,
-    service: &Arc<Service>,
-    stop: &CancellationToken,
-) -> Outcome {
-    let mut h3 = match h3::server::builder()
-        .send_grease(false)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
-        .await
-    {
-        Ok(h3) => h3,
-        Err(e) => {
-            return match refusal(conn) {
-                Some(r) => Outcome::Refused(r),
-                None => Outcome::Failed(anyhow!("starting HTTP/3: {e}")),
-            };
-        }
-    };
-    // TLS 1.3 lets our handshake finish before the relay has checked our certificate: a
-    // refusal shows up as the first `accept` failing, and is classified there.
-    info!(relay = %conn.remote_address(), "tunnel connected");
-    let in_flight = TaskTracker::new();
-    let reason = loop {
-        tokio::select! {
-            r = h3.accept() => match r {
-                Ok(Some(resolver)) => {
-                    in_flight.spawn(handle(service.clone(), resolver).in_current_span());
+            .parse()?;
+            let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
+            endpoint.set_default_client_config(client_cfg);
+            let connecting = endpoint
+                .connect(addr, &cfg.server_name)
+                .with_context(|| format!("connecting to {addr}"))?;
+            Ok::<_, anyhow::Error>((endpoint, connecting))
+        };
+        let (endpoint, connecting) = match setup.await {
+            Ok(x) => x,
+            Err(e) => return Outcome::Failed(e),
+        };
+        let conn = tokio::select! {
+            r = connecting => match r {
+                Ok(c) => c,
+                // A relay certificate we do not trust fails here, on our side.
+                Err(quinn::ConnectionError::TransportError(e)) if is_crypto(e.code) => {
+                    return Outcome::Refused(format!("relay certificate rejected: {e}"));
                 }
-                Ok(None) => break "relay ended the connection".to_owned(),
-                Err(e) => {
-                    if let Some(r) = refusal(conn) {
-                        return Outcome::Refused(r);
-                    }
-                    break format!("{e}");
-                }
+                Err(e) => return Outcome::Failed(anyhow!(e).context(format!("handshake with {}", cfg.relay))),
             },
-            _ = stop.cancelled() => {
-                conn.close(close::SHUTDOWN.into(), b"agent shutting down");
-                return Outcome::Stopped;
+            _ = self.stop.cancelled() => return Outcome::Stopped,
+        };
+        let up_at = Instant::now();
+        let gauge = self
+            .metrics
+            .tunnel_up
+            .get_or_create(&Metrics::slot(slot))
+            .clone();
+        let outcome = self.serve_connection(&conn, &cfg, &gauge).await;
+        // Let the close frame reach the relay before the socket goes away.
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        match outcome {
+            Outcome::Served { reason, .. } => Outcome::Served {
+                uptime: up_at.elapsed(),
+                reason,
+            },
+            other => other,
+        }
+    }
+
+    async fn serve_connection(
+        &self,
+        conn: &quinn::Connection,
+        cfg: &Config,
+        up: &prometheus_client::metrics::gauge::Gauge,
+    ) -> Outcome {
+        let mut h3 = match h3::server::builder()
+            .send_grease(false)
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+            .await
+        {
+            Ok(h3) => h3,
+            Err(e) => {
+                return match refusal(conn) {
+                    Some(r) => Outcome::Refused(r),
+                    None => Outcome::Failed(anyhow!("starting HTTP/3: {e}")),
+                };
+            }
+        };
+        // TLS 1.3 lets our handshake finish before the relay has checked our certificate:
+        // a refusal shows up as the first `accept` failing, and is classified there.
+        info!(relay = %conn.remote_address(), "tunnel connected");
+        up.set(1);
+        self.tunnels_up.fetch_add(1, Ordering::Relaxed);
+        let _down = scopeguard(|| {
+            up.set(0);
+            self.tunnels_up.fetch_sub(1, Ordering::Relaxed);
+        });
+        let control = Arc::new(ConnControl::default());
+        let in_flight = TaskTracker::new();
+        let mut drain_deadline: Option<tokio::time::Instant> = None;
+        let stopping = loop {
+            let deadline = drain_deadline;
+            tokio::select! {
+                r = h3.accept() => match r {
+                    Ok(Some(resolver)) => {
+                        in_flight.spawn(handle(self.service.clone(), resolver, control.clone()).in_current_span());
+                    }
+                    Ok(None) => break Err("relay ended the connection".to_owned()),
+                    Err(e) => {
+                        if let Some(r) = refusal(conn) {
+                            return Outcome::Refused(r);
+                        }
+                        if control.relay_is_draining() {
+                            break Err("relay shut down".to_owned());
+                        }
+                        break Err(format!("{e}"));
+                    }
+                },
+                _ = self.stop.cancelled(), if deadline.is_none() => {
+                    info!("draining: asking the relay to move new requests elsewhere");
+                    control.request_drain();
+                    drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_timeout);
+                }
+                _ = control.drained(), if deadline.is_some() => {
+                    info!("drained: no request in flight");
+                    break Ok(());
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
+                    warn!(timeout = ?cfg.drain_timeout, "drain timeout: closing with requests in flight");
+                    break Ok(());
+                }
+            }
+        };
+        in_flight.close();
+        if stopping.is_ok() {
+            conn.close(close::SHUTDOWN.into(), b"agent shutting down");
+        }
+        // Keep the h3 connection alive until every response task is done: dropping it
+        // closes the QUIC connection and cuts buffered response bytes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.wait()).await;
+        drop(h3);
+        match stopping {
+            Ok(()) => Outcome::Stopped,
+            Err(reason) => Outcome::Served {
+                uptime: Duration::ZERO,
+                reason,
+            },
+        }
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
             }
         }
-    };
-    in_flight.close();
-    // Keep the h3 connection alive until every response task is done: dropping it
-    // closes the QUIC connection and cuts buffered response bytes.
-    let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.wait()).await;
-    drop(h3);
-    Outcome::Served {
-        uptime: Duration::ZERO,
-        reason,
     }
+    Guard(Some(f))
 }

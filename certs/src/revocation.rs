@@ -35,7 +35,8 @@ pub fn normalize_serial(serial: &str) -> Result<String> {
         .filter(|c| *c != ':')
         .collect::<String>()
         .to_ascii_lowercase();
-    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) || !hex.chars().all(|c| c.is_ascii_hexdigit())
+    {
         bail!("serial {serial:?} is not hex (e.g. 69:17:68:f3 as `tether-certs inspect` shows)");
     }
     Ok(hex

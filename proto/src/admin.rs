@@ -29,7 +29,10 @@ fn enabled() -> bool {
 
 impl AdminConfig {
     pub fn on(listen: SocketAddr) -> Self {
-        AdminConfig { enabled: true, listen }
+        AdminConfig {
+            enabled: true,
+            listen,
+        }
     }
 }
 
@@ -59,7 +62,9 @@ where
     F: Future<Output = AdminResponse> + Send + 'static,
 {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {

@@ -71,7 +71,12 @@ mod tests {
 
     #[test]
     fn events_survive_any_chunking_and_unknown_lines_are_skipped() {
-        let wire = [Event::Drain.as_line(), b"future-thing\n", Event::Drained.as_line()].concat();
+        let wire = [
+            Event::Drain.as_line(),
+            b"future-thing\n",
+            Event::Drained.as_line(),
+        ]
+        .concat();
         for split in 0..wire.len() {
             let mut d = Decoder::default();
             let mut got = Vec::new();

@@ -24,7 +24,8 @@ pub struct Admin {
 const STATUS_PAGE: &str = include_str!("status.html");
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Admin {
@@ -85,13 +86,20 @@ impl Admin {
         m.connections.clear();
         m.streams_open.clear();
         for node in self.registry.nodes() {
-            let cluster = ClusterLabels { cluster: node.cluster.to_string() };
+            let cluster = ClusterLabels {
+                cluster: node.cluster.to_string(),
+            };
             m.agents.get_or_create(&cluster).inc();
             let tunnels = node.tunnels();
-            m.connections.get_or_create(&cluster).inc_by(tunnels.len() as i64);
+            m.connections
+                .get_or_create(&cluster)
+                .inc_by(tunnels.len() as i64);
             let open: usize = tunnels.iter().map(|t| t.open_streams()).sum();
             m.streams_open
-                .get_or_create(&NodeLabels { node: node.id.to_string(), cluster: node.cluster.to_string() })
+                .get_or_create(&NodeLabels {
+                    node: node.id.to_string(),
+                    cluster: node.cluster.to_string(),
+                })
                 .set(open as i64);
         }
         m.encode()

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tether_proto::headers::{DEFAULT_CLUSTER_HEADER, DEFAULT_NODE_HEADER};
 use tether_proto::admin::AdminConfig;
+use tether_proto::headers::{DEFAULT_CLUSTER_HEADER, DEFAULT_NODE_HEADER};
 use tether_proto::logging::LogConfig;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -123,9 +123,16 @@ impl Router {
             method = %req.method(),
             path = %req.uri().path(),
         );
-        forward(lease, remote, req, self.timeout, started, self.metrics.clone())
-            .instrument(span)
-            .await
+        forward(
+            lease,
+            remote,
+            req,
+            self.timeout,
+            started,
+            self.metrics.clone(),
+        )
+        .instrument(span)
+        .await
     }
 }
 

@@ -131,7 +131,10 @@ async fn run(cfg: Config) -> Result<()> {
         info!(addr = %admin.local_addr()?, "admin listening");
         tokio::spawn(admin::serve(
             admin,
-            admin::Admin { registry: registry.clone(), metrics: metrics.clone() },
+            admin::Admin {
+                registry: registry.clone(),
+                metrics: metrics.clone(),
+            },
         ));
     }
 
@@ -144,7 +147,11 @@ async fn run(cfg: Config) -> Result<()> {
         shutdown: stop.clone(),
     });
     tokio::spawn(tunnel::accept_loop(endpoint.clone(), acceptor));
-    let router = Arc::new(ingress::Router::new(&cfg.ingress, registry.clone(), metrics.clone())?);
+    let router = Arc::new(ingress::Router::new(
+        &cfg.ingress,
+        registry.clone(),
+        metrics.clone(),
+    )?);
     let ingress_task = tokio::spawn(ingress::serve(
         ingress,
         router,
@@ -153,7 +160,10 @@ async fn run(cfg: Config) -> Result<()> {
     ));
 
     let signal = shutdown_signal().await;
-    info!(signal, "shutting down: telling agents, finishing requests in flight");
+    info!(
+        signal,
+        "shutting down: telling agents, finishing requests in flight"
+    );
     stop.cancel();
     let _ = ingress_task.await;
     endpoint.close(close::SHUTDOWN.into(), b"relay shutting down");

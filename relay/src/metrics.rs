@@ -94,18 +94,46 @@ impl Default for Metrics {
             registry: Registry::default(),
         };
         registry.register("agents", "Connected nodes by cluster", m.agents.clone());
-        registry.register("connections", "Live tunnel connections by cluster", m.connections.clone());
-        registry.register("handshakes", "Agent handshakes by result and reason", m.handshakes.clone());
-        registry.register("streams_open", "Request streams in flight by node", m.streams_open.clone());
-        registry.register("streams", "Request streams opened by node", m.streams_total.clone());
+        registry.register(
+            "connections",
+            "Live tunnel connections by cluster",
+            m.connections.clone(),
+        );
+        registry.register(
+            "handshakes",
+            "Agent handshakes by result and reason",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            "streams_open",
+            "Request streams in flight by node",
+            m.streams_open.clone(),
+        );
+        registry.register(
+            "streams",
+            "Request streams opened by node",
+            m.streams_total.clone(),
+        );
         registry.register(
             "request_duration_seconds",
             "Time from request to end of response body, by cluster and status class",
             m.request_duration.clone(),
         );
-        registry.register("body_bytes", "Body bytes by cluster and direction (in = from callers)", m.bytes.clone());
-        registry.register("errors", "Tether-generated errors by x-tether-error code", m.errors.clone());
-        registry.register("pick_duration_seconds", "Time to pick a tunnel", m.pick_duration.clone());
+        registry.register(
+            "body_bytes",
+            "Body bytes by cluster and direction (in = from callers)",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "errors",
+            "Tether-generated errors by x-tether-error code",
+            m.errors.clone(),
+        );
+        registry.register(
+            "pick_duration_seconds",
+            "Time to pick a tunnel",
+            m.pick_duration.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -120,11 +148,20 @@ impl Metrics {
     }
 
     pub fn handshake(&self, result: HandshakeResult, reason: &str) {
-        self.handshakes.get_or_create(&HandshakeLabels { result, reason: reason.to_owned() }).inc();
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                result,
+                reason: reason.to_owned(),
+            })
+            .inc();
     }
 
     pub fn error(&self, code: ErrorCode) {
-        self.errors.get_or_create(&ErrorLabels { code: code.as_str().to_owned() }).inc();
+        self.errors
+            .get_or_create(&ErrorLabels {
+                code: code.as_str().to_owned(),
+            })
+            .inc();
     }
 
     pub fn observe_pick(&self, d: Duration) {
@@ -133,16 +170,25 @@ impl Metrics {
 
     /// The handles one tunnel's requests update.
     pub fn for_tunnel(&self, id: &Identity) -> TunnelMetrics {
-        let node = NodeLabels { node: id.node.to_string(), cluster: id.cluster.to_string() };
+        let node = NodeLabels {
+            node: id.node.to_string(),
+            cluster: id.cluster.to_string(),
+        };
         let cluster = id.cluster.to_string();
         let class = |class: &str| {
             self.request_duration
-                .get_or_create(&RequestLabels { cluster: cluster.clone(), class: class.to_owned() })
+                .get_or_create(&RequestLabels {
+                    cluster: cluster.clone(),
+                    class: class.to_owned(),
+                })
                 .clone()
         };
         let dir = |direction: &str| {
             self.bytes
-                .get_or_create(&DirectionLabels { cluster: cluster.clone(), direction: direction.to_owned() })
+                .get_or_create(&DirectionLabels {
+                    cluster: cluster.clone(),
+                    direction: direction.to_owned(),
+                })
                 .clone()
         };
         TunnelMetrics {
@@ -178,12 +224,21 @@ mod tests {
     #[test]
     fn exposition_names_what_operators_look_for() {
         let m = Metrics::default();
-        let id = Identity::new("tether.local", Id::new("west").unwrap(), Id::new("n1").unwrap()).unwrap();
+        let id = Identity::new(
+            "tether.local",
+            Id::new("west").unwrap(),
+            Id::new("n1").unwrap(),
+        )
+        .unwrap();
         let t = m.for_tunnel(&id);
         t.streams_total.inc();
         t.observe(200, Duration::from_millis(3));
         t.bytes_out.inc_by(10);
-        m.connections.get_or_create(&ClusterLabels { cluster: "west".into() }).inc();
+        m.connections
+            .get_or_create(&ClusterLabels {
+                cluster: "west".into(),
+            })
+            .inc();
         m.handshake(HandshakeResult::Refused, "bad-certificate");
         m.error(ErrorCode::NoTunnel);
         m.observe_pick(Duration::from_micros(2));

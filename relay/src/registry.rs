@@ -95,7 +95,11 @@ impl<T> Node<T> {
     /// Streams in flight over the node's connections that take requests; `None` when
     /// none does.
     fn load(&self) -> Option<usize> {
-        self.tunnels.load().iter().filter_map(|t| t.load()).reduce(|a, b| a + b)
+        self.tunnels
+            .load()
+            .iter()
+            .filter_map(|t| t.load())
+            .reduce(|a, b| a + b)
     }
 
     fn pick(&self) -> Option<Lease<T>> {
@@ -122,7 +126,11 @@ fn least_loaded<I>(
     if n == 0 {
         return None;
     }
-    let start = if n == 1 { 0 } else { rr.fetch_add(1, Ordering::Relaxed) % n };
+    let start = if n == 1 {
+        0
+    } else {
+        rr.fetch_add(1, Ordering::Relaxed) % n
+    };
     let mut best: Option<(usize, usize)> = None;
     for k in 0..n {
         let i = (start + k) % n;
@@ -393,7 +401,10 @@ mod tests {
             assert_eq!(r.pick_node(&id("a")).unwrap().tunnel().handle, "a2");
         }
         a2.set_draining();
-        assert!(r.pick_node(&id("a")).is_none(), "a fully draining node is not a target");
+        assert!(
+            r.pick_node(&id("a")).is_none(),
+            "a fully draining node is not a target"
+        );
         for _ in 0..10 {
             assert_eq!(r.pick_cluster(&id("c")).unwrap().tunnel().handle, "b");
         }

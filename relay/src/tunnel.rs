@@ -108,7 +108,8 @@ impl Acceptor {
             Err(e) => {
                 // Certificate problems (wrong CA, expired, no identity, server-only
                 // usage, revoked) surface here with the verifier's reason.
-                self.metrics.handshake(HandshakeResult::Refused, refusal_reason(&e));
+                self.metrics
+                    .handshake(HandshakeResult::Refused, refusal_reason(&e));
                 warn!(reason = %e, "agent refused in handshake");
                 return Ok(());
             }
@@ -123,14 +124,21 @@ impl Acceptor {
             .peer_identity()
             .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|certs| certs.into_iter().next());
-        let identity = peer.as_ref().map(|c| identity_from_cert(c, None)).transpose()?;
+        let identity = peer
+            .as_ref()
+            .map(|c| identity_from_cert(c, None))
+            .transpose()?;
         if alpn.as_deref() == Some(ALPN_ENROLL) {
             let peer = identity.zip(peer.as_ref().map(|c| cert_serial(c)));
-            self.enroller.serve(conn, peer).instrument(info_span!("enroll")).await;
+            self.enroller
+                .serve(conn, peer)
+                .instrument(info_span!("enroll"))
+                .await;
             return Ok(());
         }
         let (Some(identity), Some(cert)) = (identity, peer) else {
-            self.metrics.handshake(HandshakeResult::Refused, "no-client-certificate");
+            self.metrics
+                .handshake(HandshakeResult::Refused, "no-client-certificate");
             warn!("agent refused: no client certificate on the tunnel ALPN");
             conn.close(close::REFUSED.into(), b"client certificate required");
             return Ok(());
@@ -141,7 +149,9 @@ impl Acceptor {
             cluster = %identity.cluster,
             conn = tracing::field::Empty
         );
-        self.serve_tunnel(conn, remote, identity, &cert).instrument(span).await
+        self.serve_tunnel(conn, remote, identity, &cert)
+            .instrument(span)
+            .await
     }
 
     async fn serve_tunnel(
@@ -168,7 +178,8 @@ impl Acceptor {
         let tunnel = match self.registry.register(identity, link) {
             Ok(t) => t,
             Err(e) => {
-                self.metrics.handshake(HandshakeResult::Refused, "cluster-conflict");
+                self.metrics
+                    .handshake(HandshakeResult::Refused, "cluster-conflict");
                 warn!(error = %e, "refusing tunnel");
                 conn.close(close::REFUSED.into(), e.to_string().as_bytes());
                 return Ok(());
@@ -178,9 +189,8 @@ impl Acceptor {
         let conn_id = tunnel.conn_id;
         tracing::Span::current().record("conn", conn_id);
         info!(connections = self.registry.connection_count(), "tunnel up");
-        let control = tokio::spawn(
-            run_control(sender, tunnel, self.shutdown.clone()).in_current_span(),
-        );
+        let control =
+            tokio::spawn(run_control(sender, tunnel, self.shutdown.clone()).in_current_span());
         let reason = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
         control.abort();
         self.registry.unregister(&node, conn_id);

@@ -379,6 +379,7 @@ impl Agent {
                 "\n[[routes]]\nprefix = \"{prefix}\"\nupstream = \"{upstream}\"\n"
             ));
         }
+        toml.push_str("\n[admin]\nlisten = \"127.0.0.1:0\"\n");
         let config = work.join(format!("agent-{node}.toml"));
         std::fs::write(&config, toml).unwrap();
         let proc = Proc::spawn(

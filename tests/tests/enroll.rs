@@ -152,7 +152,11 @@ async fn bad_enrollments_fail_clearly_and_write_nothing() {
     let plain = World::new();
     let token = w.token("node-i", "west", "10m");
     let out = enroll(plain.relay.tunnel, &token, &w.dir.path().join("impostor"));
-    assert!(stderr(&out).contains("does not match the token"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not match the token"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!w.dir.path().join("impostor").join("agent.key").exists());
 
     // Enrollment that is not enabled on the relay.
