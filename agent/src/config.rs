@@ -110,7 +110,7 @@ upstream = "http://127.0.0.1:3001"
             jail.set_env("TETHER_CONNECTIONS", "3");
             let cfg: Config =
                 tether_proto::config::load(Some(Path::new("agent.toml")), serde_json::json!({}))
-                    .map_err(|e| *e)?;
+            .map_err(|e| *e)?;
             assert_eq!(cfg.connections, 3);
             assert_eq!(cfg.routes.len(), 2);
             assert_eq!(cfg.routes[0].upstream, "http://127.0.0.1:3000");
