@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use http::header::HeaderName;
 use http::{HeaderMap, Request, Response};
 use hyper::body::Incoming;
@@ -140,7 +141,7 @@ impl Router {
 /// to `drain` before returning.
 pub async fn serve(
     listener: TcpListener,
-    router: Arc<Router>,
+    router: Arc<ArcSwap<Router>>,
     stop: CancellationToken,
     drain: Duration,
 ) {
@@ -162,7 +163,11 @@ pub async fn serve(
         let router = router.clone();
         let svc = service_fn(move |req| {
             let router = router.clone();
-            async move { Ok::<_, Infallible>(router.handle(remote, req).await) }
+            async move {
+                // The router in force when the request arrives serves it to the end.
+                let router = router.load_full();
+                Ok::<_, Infallible>(router.handle(remote, req).await)
+            }
         });
         let conn = builder
             .serve_connection(TokioIo::new(tcp), svc)

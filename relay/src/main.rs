@@ -11,6 +11,7 @@ mod forward;
 mod ingress;
 mod metrics;
 mod registry;
+mod reload;
 mod revocation;
 mod tls;
 mod tunnel;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use arc_swap::ArcSwap;
 use clap::Parser;
 use tether_proto::wire::close;
 use tokio::net::TcpListener;
@@ -71,13 +73,13 @@ impl Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let cfg: Config = tether_proto::config::load(cli.config.as_deref(), cli.flags())
-        .context("invalid relay configuration")?;
+    let source = reload::Source { file: cli.config.clone(), flags: cli.flags() };
+    let cfg: Config = source.load().context("invalid relay configuration")?;
     tether_proto::logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let result = rt.block_on(run(cfg));
+    let result = rt.block_on(run(cfg, source));
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "relay failed");
     }
@@ -101,7 +103,7 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn run(cfg: Config) -> Result<()> {
+async fn run(cfg: Config, source: reload::Source) -> Result<()> {
     let registry = TunnelRegistry::default();
     let metrics = Arc::new(metrics::Metrics::default());
     let revocations = Arc::new(revocation::RevocationList::load(
@@ -139,24 +141,38 @@ async fn run(cfg: Config) -> Result<()> {
     }
 
     let stop = CancellationToken::new();
-    tokio::spawn(revocations.watch(registry.clone()));
+    tokio::spawn(revocations.clone().watch(registry.clone()));
     let acceptor = Arc::new(tunnel::Acceptor {
         registry: registry.clone(),
-        enroller,
+        enroller: ArcSwap::new(enroller),
         metrics: metrics.clone(),
         shutdown: stop.clone(),
     });
-    tokio::spawn(tunnel::accept_loop(endpoint.clone(), acceptor));
-    let router = Arc::new(ingress::Router::new(
+    tokio::spawn(tunnel::accept_loop(endpoint.clone(), acceptor.clone()));
+    let router = Arc::new(ArcSwap::from_pointee(ingress::Router::new(
         &cfg.ingress,
         registry.clone(),
         metrics.clone(),
-    )?);
+    )?));
+    let drain_timeout = cfg.ingress.drain_timeout;
+    tokio::spawn(
+        reload::Live {
+            source,
+            current: ArcSwap::from_pointee(cfg),
+            router: router.clone(),
+            acceptor,
+            endpoint: endpoint.clone(),
+            registry: registry.clone(),
+            metrics: metrics.clone(),
+            revocations: revocations.clone(),
+        }
+        .watch(),
+    );
     let ingress_task = tokio::spawn(ingress::serve(
         ingress,
         router,
         stop.clone(),
-        cfg.ingress.drain_timeout,
+        drain_timeout,
     ));
 
     let signal = shutdown_signal().await;

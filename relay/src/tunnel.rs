@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use rustls::pki_types::CertificateDer;
 use tether_proto::control;
@@ -38,7 +39,8 @@ pub type TunnelRegistry = Registry<Link>;
 /// Everything a new connection needs; shared by all of them.
 pub struct Acceptor {
     pub registry: TunnelRegistry,
-    pub enroller: Arc<Enroller>,
+    /// Swapped on reload.
+    pub enroller: ArcSwap<Enroller>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the relay shuts down: every control stream then says `drain`.
     pub shutdown: CancellationToken,
@@ -131,6 +133,7 @@ impl Acceptor {
         if alpn.as_deref() == Some(ALPN_ENROLL) {
             let peer = identity.zip(peer.as_ref().map(|c| cert_serial(c)));
             self.enroller
+                .load_full()
                 .serve(conn, peer)
                 .instrument(info_span!("enroll"))
                 .await;
