@@ -73,7 +73,10 @@ impl Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let source = reload::Source { file: cli.config.clone(), flags: cli.flags() };
+    let source = reload::Source {
+        file: cli.config.clone(),
+        flags: cli.flags(),
+    };
     let cfg: Config = source.load().context("invalid relay configuration")?;
     tether_proto::logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -168,12 +171,7 @@ async fn run(cfg: Config, source: reload::Source) -> Result<()> {
         }
         .watch(),
     );
-    let ingress_task = tokio::spawn(ingress::serve(
-        ingress,
-        router,
-        stop.clone(),
-        drain_timeout,
-    ));
+    let ingress_task = tokio::spawn(ingress::serve(ingress, router, stop.clone(), drain_timeout));
 
     let signal = shutdown_signal().await;
     info!(

@@ -31,7 +31,10 @@ pub struct Source {
 
 impl Source {
     pub fn load(&self) -> Result<Config> {
-        Ok(tether_proto::config::load(self.file.as_deref(), self.flags.clone())?)
+        Ok(tether_proto::config::load(
+            self.file.as_deref(),
+            self.flags.clone(),
+        )?)
     }
 
     fn stamp(&self) -> Option<(SystemTime, u64)> {
@@ -65,8 +68,14 @@ impl Live {
         for (what, changed) in [
             ("tunnel.listen", old.tunnel.listen != cfg.tunnel.listen),
             ("ingress.listen", old.ingress.listen != cfg.ingress.listen),
-            ("admin", old.admin.listen != cfg.admin.listen || old.admin.enabled != cfg.admin.enabled),
-            ("tunnel.revocations", old.tunnel.revocations_path() != cfg.tunnel.revocations_path()),
+            (
+                "admin",
+                old.admin.listen != cfg.admin.listen || old.admin.enabled != cfg.admin.enabled,
+            ),
+            (
+                "tunnel.revocations",
+                old.tunnel.revocations_path() != cfg.tunnel.revocations_path(),
+            ),
         ] {
             if changed {
                 warn!(setting = what, "this setting changes on restart only");
@@ -102,7 +111,9 @@ impl Live {
             };
             match self.apply() {
                 Ok(()) => info!(trigger = why, "configuration reloaded"),
-                Err(e) => error!(trigger = why, error = %format!("{e:#}"), "configuration reload refused; the previous configuration stays in force"),
+                Err(e) => {
+                    error!(trigger = why, error = %format!("{e:#}"), "configuration reload refused; the previous configuration stays in force")
+                }
             }
         }
     }

@@ -116,16 +116,26 @@ impl Proc {
 
     /// Sends SIGTERM and waits (bounded) for the process to exit; returns its exit code.
     pub fn terminate(&mut self) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(15))
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP`) without waiting.
+    pub fn signal(&self, sig: i32) {
         // SAFETY: plain syscall on our own child's pid.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits (bounded) for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for child") {
                 return status.code();
             }
             if Instant::now() > deadline {
                 self.kill();
-                panic!("{} did not exit within 15s of SIGTERM", self.name);
+                panic!("{} did not exit within {timeout:?}", self.name);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -243,7 +253,8 @@ pub struct Relay {
     pub tunnel: SocketAddr,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
-    config: PathBuf,
+    /// Its config file (rewrite it and send SIGHUP to reload).
+    pub config: PathBuf,
 }
 
 impl Relay {
@@ -298,6 +309,11 @@ impl Relay {
         format!("http://{}{path}", self.ingress)
     }
 
+    /// URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
     /// `GET /api/nodes` from the admin listener.
     pub async fn nodes(&self) -> serde_json::Value {
         let body = reqwest::get(format!("http://{}/api/nodes", self.admin))
@@ -339,6 +355,8 @@ impl Relay {
 /// A running agent.
 pub struct Agent {
     pub proc: Proc,
+    /// Its config file (rewrite it and send SIGHUP to reload).
+    pub config: PathBuf,
 }
 
 impl Agent {
@@ -388,7 +406,7 @@ impl Agent {
                 .arg("--config")
                 .arg(&config),
         );
-        Agent { proc }
+        Agent { proc, config }
     }
 }
 
@@ -522,4 +540,15 @@ pub fn enroll_with(
     .env("RUST_BACKTRACE", "0")
     .output()
     .expect("running tether-agent enroll")
+}
+
+/// `GET url` → (status, body), for admin endpoints.
+pub async fn get_text(url: &str) -> (u16, String) {
+    let r = client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = r.status().as_u16();
+    (status, r.text().await.unwrap())
 }
