@@ -4,8 +4,9 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use tether_proto::metrics::{duration_histogram, StatusClassDurations};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlotLabels {
@@ -22,10 +23,6 @@ pub struct RouteLabels {
 pub struct RouteErrorLabels {
     pub route: String,
     pub code: String,
-}
-
-fn duration_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
 pub struct Metrics {
@@ -81,10 +78,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        tether_proto::metrics::encode(&self.registry)
     }
 
     pub fn slot(slot: usize) -> SlotLabels {
@@ -112,7 +106,7 @@ impl Metrics {
                 .clone()
         };
         RouteMetrics {
-            durations: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            durations: StatusClassDurations::new(class),
             unreachable: code(tether_proto::ErrorCode::UpstreamUnreachable.as_str()),
         }
     }
@@ -121,13 +115,6 @@ impl Metrics {
 /// One route's metric handles.
 #[derive(Clone, Debug)]
 pub struct RouteMetrics {
-    durations: [Histogram; 5],
+    pub durations: StatusClassDurations,
     pub unreachable: Counter,
-}
-
-impl RouteMetrics {
-    pub fn observe(&self, status: u16, d: std::time::Duration) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.durations[class].observe(d.as_secs_f64());
-    }
 }

@@ -134,7 +134,7 @@ async fn serve(
         return;
     }
     let result = pump(body, &mut send).await;
-    route.metrics.observe(status, started.elapsed());
+    route.metrics.durations.observe(status, started.elapsed());
     match result {
         Ok(bytes) => info!(
             status,

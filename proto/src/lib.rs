@@ -14,6 +14,7 @@ pub mod h3body;
 pub mod headers;
 pub mod identity;
 pub mod logging;
+pub mod metrics;
 pub mod tls;
 pub mod wire;
 

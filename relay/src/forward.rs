@@ -74,7 +74,7 @@ impl Drop for Completion {
         let elapsed = self.started.elapsed();
         let m = &self.lease.tunnel().handle.metrics;
         let bytes_in = self.bytes_in.load(Ordering::Relaxed);
-        m.observe(self.status, elapsed);
+        m.durations.observe(self.status, elapsed);
         m.bytes_in.inc_by(bytes_in);
         m.bytes_out.inc_by(self.bytes_out);
         if let Some(code) = self.error {

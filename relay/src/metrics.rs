@@ -13,6 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use tether_proto::metrics::{duration_histogram, StatusClassDurations};
 use tether_proto::{ErrorCode, Identity};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,11 +54,6 @@ pub struct ErrorLabels {
 pub struct DirectionLabels {
     pub cluster: String,
     pub direction: String,
-}
-
-fn duration_histogram() -> Histogram {
-    // 100 µs … ~100 s
-    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
 fn pick_histogram() -> Histogram {
@@ -141,10 +137,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        tether_proto::metrics::encode(&self.registry)
     }
 
     pub fn handshake(&self, result: HandshakeResult, reason: &str) {
@@ -193,7 +186,7 @@ impl Metrics {
         };
         TunnelMetrics {
             streams_total: self.streams_total.get_or_create(&node).clone(),
-            durations: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(class),
+            durations: StatusClassDurations::new(class),
             bytes_in: dir("in"),
             bytes_out: dir("out"),
         }
@@ -204,16 +197,9 @@ impl Metrics {
 #[derive(Clone)]
 pub struct TunnelMetrics {
     pub streams_total: Counter,
-    durations: [Histogram; 5],
+    pub durations: StatusClassDurations,
     pub bytes_in: Counter,
     pub bytes_out: Counter,
-}
-
-impl TunnelMetrics {
-    pub fn observe(&self, status: u16, d: Duration) {
-        let class = usize::from(status / 100).clamp(1, 5) - 1;
-        self.durations[class].observe(d.as_secs_f64());
-    }
 }
 
 #[cfg(test)]
@@ -232,7 +218,7 @@ mod tests {
         .unwrap();
         let t = m.for_tunnel(&id);
         t.streams_total.inc();
-        t.observe(200, Duration::from_millis(3));
+        t.durations.observe(200, Duration::from_millis(3));
         t.bytes_out.inc_by(10);
         m.connections
             .get_or_create(&ClusterLabels {
