@@ -6,7 +6,6 @@
 //! the relay through [`PinnedCaVerifier`]: the relay's chain must contain a certificate
 //! with exactly that fingerprint, and the relay's certificate must verify against it.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -133,14 +132,6 @@ fn tls_builder() -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::W
         .with_protocol_versions(&[&rustls::version::TLS13])?)
 }
 
-async fn resolve(relay: &str) -> Result<SocketAddr> {
-    tokio::net::lookup_host(relay)
-        .await
-        .with_context(|| format!("resolving relay {relay}"))?
-        .next()
-        .ok_or_else(|| anyhow!("relay {relay} resolves to no address"))
-}
-
 /// One request/response exchange on an enrollment connection.
 async fn exchange(
     relay: &str,
@@ -148,16 +139,8 @@ async fn exchange(
     client: quinn::ClientConfig,
     request: &EnrollRequest,
 ) -> Result<EnrollResponse> {
-    let addr = resolve(relay).await?;
-    let bind: SocketAddr = if addr.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()?;
-    let endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
-    let conn = endpoint
-        .connect_with(client, addr, server_name)?
+    let (endpoint, connecting) = crate::dial::dial(relay, server_name, client).await?;
+    let conn = connecting
         .await
         .with_context(|| format!("TLS handshake with relay {relay}"))?;
     let result = async {

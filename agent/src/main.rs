@@ -7,6 +7,7 @@
 mod backoff;
 mod config;
 mod control;
+mod dial;
 mod enroll;
 mod metrics;
 mod reload;
@@ -164,15 +165,6 @@ fn main() -> Result<()> {
     rt.block_on(run(cfg, routes, metrics, source))
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-    }
-}
-
 async fn admin(
     agent: Arc<tunnel::Agent>,
     req: http::Request<hyper::body::Incoming>,
@@ -238,7 +230,7 @@ async fn run(
     let slots: Vec<_> = (0..cfg.connections)
         .map(|slot| tokio::spawn(tunnel::run_slot(slot, agent.clone())))
         .collect();
-    let signal = shutdown_signal().await;
+    let signal = tether_proto::signals::shutdown().await;
     info!(signal, "shutting down: draining tunnels");
     agent.stop.cancel();
     for s in slots {

@@ -1,12 +1,11 @@
 //! Keeping tunnels up: each connection slot dials the relay, serves HTTP/3 requests on
 //! the connection until it dies, then reconnects with backoff, for ever.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::anyhow;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use tether_proto::wire::close;
@@ -56,14 +55,6 @@ fn refusal(conn: &quinn::Connection) -> Option<String> {
         }
         _ => None,
     }
-}
-
-async fn resolve(relay: &str) -> Result<SocketAddr> {
-    tokio::net::lookup_host(relay)
-        .await
-        .with_context(|| format!("resolving relay {relay}"))?
-        .next()
-        .ok_or_else(|| anyhow!("relay {relay} resolves to no address"))
 }
 
 /// What every connection slot shares.
@@ -121,19 +112,7 @@ impl Agent {
         let cfg = self.cfg.load_full();
         let setup = async {
             let client_cfg = crate::tls::client_config(&cfg)?;
-            let addr = resolve(&cfg.relay).await?;
-            let bind: SocketAddr = if addr.is_ipv6() {
-                "[::]:0"
-            } else {
-                "0.0.0.0:0"
-            }
-            .parse()?;
-            let mut endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
-            endpoint.set_default_client_config(client_cfg);
-            let connecting = endpoint
-                .connect(addr, &cfg.server_name)
-                .with_context(|| format!("connecting to {addr}"))?;
-            Ok::<_, anyhow::Error>((endpoint, connecting))
+            crate::dial::dial(&cfg.relay, &cfg.server_name, client_cfg).await
         };
         let (endpoint, connecting) = match setup.await {
             Ok(x) => x,

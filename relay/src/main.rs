@@ -89,23 +89,6 @@ fn main() -> Result<()> {
     result
 }
 
-async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).expect("installing SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => "SIGINT",
-            _ = term.recv() => "SIGTERM",
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "ctrl-c"
-    }
-}
-
 async fn run(cfg: Config, source: reload::Source) -> Result<()> {
     let registry = TunnelRegistry::default();
     let metrics = Arc::new(metrics::Metrics::default());
@@ -173,7 +156,7 @@ async fn run(cfg: Config, source: reload::Source) -> Result<()> {
     );
     let ingress_task = tokio::spawn(ingress::serve(ingress, router, stop.clone(), drain_timeout));
 
-    let signal = shutdown_signal().await;
+    let signal = tether_proto::signals::shutdown().await;
     info!(
         signal,
         "shutting down: telling agents, finishing requests in flight"

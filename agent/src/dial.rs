@@ -1,0 +1,31 @@
+//! Dialling the relay: resolve its address afresh (it may move), bind a UDP socket of
+//! the same family, and start the QUIC handshake. Used by tunnels and by enrollment.
+
+use std::net::SocketAddr;
+
+use anyhow::{anyhow, Context, Result};
+
+/// Starts a QUIC connection to `relay` (`host:port`). The endpoint must outlive the
+/// connection, so both are returned.
+pub async fn dial(
+    relay: &str,
+    server_name: &str,
+    client: quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, quinn::Connecting)> {
+    let addr = tokio::net::lookup_host(relay)
+        .await
+        .with_context(|| format!("resolving relay {relay}"))?
+        .next()
+        .ok_or_else(|| anyhow!("relay {relay} resolves to no address"))?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+    } else {
+        "0.0.0.0:0"
+    }
+    .parse()?;
+    let endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
+    let connecting = endpoint
+        .connect_with(client, addr, server_name)
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok((endpoint, connecting))
+}
