@@ -25,7 +25,7 @@ fn now_unix() -> u64 {
 }
 
 /// `(not_before, not_after)` of the certificate file, in unix seconds.
-fn validity(files: &IdentityFiles) -> Result<(u64, u64)> {
+pub fn validity(files: &IdentityFiles) -> Result<(u64, u64)> {
     let der = load_certs(&files.cert)?.remove(0);
     let (_, cert) = x509_parser::parse_x509_certificate(&der)
         .map_err(|e| anyhow::anyhow!("{} is not valid X.509: {e}", files.cert.display()))?;

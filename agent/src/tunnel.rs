@@ -112,6 +112,13 @@ impl Agent {
         let cfg = self.cfg.load_full();
         let setup = async {
             let client_cfg = crate::tls::client_config(&cfg)?;
+            // The certificate in use now: its expiry is what operators alert on.
+            if let Ok((_, not_after)) = cfg
+                .identity_files()
+                .and_then(|f| crate::renew::validity(&f))
+            {
+                self.metrics.cert_expiry.set(not_after as i64);
+            }
             crate::dial::dial(&cfg.relay, &cfg.server_name, client_cfg).await
         };
         let (endpoint, connecting) = match setup.await {

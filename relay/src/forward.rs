@@ -227,6 +227,12 @@ pub async fn forward(
     // hyper answers in the caller's protocol and insists the head says so.
     head.version = caller_version;
     done.status = head.status.as_u16();
+    // Errors the agent generated (no-route, upstream-unreachable) count like ours.
+    done.error = head
+        .headers
+        .get(tether_proto::error_code::ERROR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(ErrorCode::from_code);
     done.complete = true;
     let body = TunnelBody::new(recv, done)
         .map_err(BoxError::from)
