@@ -41,7 +41,10 @@ impl std::fmt::Debug for IdentityVerifier {
     }
 }
 
+/// A certificate refusal: logged here in words (rustls only carries it as `Debug`), and
+/// sent to the agent as a `bad_certificate` alert.
 fn other_error(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
+    tracing::warn!(reason = %e, "agent certificate refused");
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
@@ -115,11 +118,11 @@ impl ClientCertVerifier for IdentityVerifier {
     }
 }
 
-/// The QUIC server config for the tunnel listener.
-pub fn server_config(
+/// The verifier for agent certificates.
+fn client_verifier(
     cfg: &TunnelConfig,
     revocations: Arc<RevocationList>,
-) -> Result<quinn::ServerConfig> {
+) -> Result<Arc<IdentityVerifier>> {
     let roots = load_roots(&cfg.ca).context("loading tunnel.ca")?;
     let trust_domain = match &cfg.trust_domain {
         Some(td) => td.clone(),
@@ -131,11 +134,19 @@ pub fn server_config(
         .allow_unauthenticated()
         .build()
         .context("building the client certificate verifier")?;
-    let verifier = Arc::new(IdentityVerifier {
+    Ok(Arc::new(IdentityVerifier {
         inner: webpki,
         trust_domain,
         revocations,
-    });
+    }))
+}
+
+/// The QUIC server config for the tunnel listener.
+pub fn server_config(
+    cfg: &TunnelConfig,
+    revocations: Arc<RevocationList>,
+) -> Result<quinn::ServerConfig> {
+    let verifier = client_verifier(cfg, revocations)?;
     // Serve the CA after our certificate: an enrolling agent knows the CA only by the
     // fingerprint in its token, and finds it in this chain.
     let mut certs = load_certs(&cfg.cert).context("loading tunnel.cert")?;
@@ -179,4 +190,92 @@ pub fn endpoint_config(cfg: &TunnelConfig) -> Result<quinn::EndpointConfig> {
         Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
     });
     Ok(endpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+        SanType,
+    };
+
+    struct TestCa {
+        dir: tempfile::TempDir,
+        issuer: Issuer<'static, KeyPair>,
+    }
+
+    impl TestCa {
+        fn new() -> TestCa {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::default();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.subject_alt_names = vec![SanType::URI("spiffe://tether.local".try_into().unwrap())];
+            let cert = p.self_signed(&key).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+            TestCa {
+                dir,
+                issuer: Issuer::new(p, key),
+            }
+        }
+
+        fn verifier(&self) -> Arc<IdentityVerifier> {
+            let cfg = TunnelConfig {
+                ca: self.dir.path().join("ca.pem"),
+                ..Default::default()
+            };
+            let revocations = Arc::new(RevocationList::load(cfg.revocations_path()).unwrap());
+            client_verifier(&cfg, revocations).unwrap()
+        }
+
+        fn agent(&self, uri: Option<&str>, expired: bool) -> CertificateDer<'static> {
+            let key = KeyPair::generate().unwrap();
+            let mut p = CertificateParams::new(vec!["agent.example".to_owned()]).unwrap();
+            if let Some(uri) = uri {
+                p.subject_alt_names
+                    .push(SanType::URI(uri.try_into().unwrap()));
+            }
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            if expired {
+                p.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(10);
+                p.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+            }
+            p.signed_by(&key, &self.issuer).unwrap().der().clone()
+        }
+    }
+
+    fn verdict(v: &IdentityVerifier, cert: &CertificateDer<'_>) -> Result<(), String> {
+        v.verify_client_cert(cert, &[], UnixTime::now())
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn only_valid_identities_of_our_trust_domain_pass() {
+        let ca = TestCa::new();
+        let v = ca.verifier();
+        let good = "spiffe://tether.local/cluster/west/node/n1";
+        assert_eq!(verdict(&v, &ca.agent(Some(good), false)), Ok(()));
+        let err = verdict(&v, &ca.agent(None, false)).unwrap_err();
+        assert!(err.contains("NoIdentity"), "{err}");
+        let err = verdict(
+            &v,
+            &ca.agent(Some("spiffe://other.org/cluster/west/node/n1"), false),
+        )
+        .unwrap_err();
+        assert!(err.contains("BadIdentity"), "{err}");
+        let err = verdict(&v, &ca.agent(Some(good), true)).unwrap_err();
+        assert!(err.to_lowercase().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn revoked_certificates_are_refused() {
+        let ca = TestCa::new();
+        let cert = ca.agent(Some("spiffe://tether.local/cluster/west/node/n1"), false);
+        let path = ca.dir.path().join("revoked.json");
+        tether_certs::revocation::revoke_serial(&path, &cert_serial(&cert)).unwrap();
+        let err = verdict(&ca.verifier(), &cert).unwrap_err();
+        assert!(err.contains("Revoked"), "{err}");
+    }
 }

@@ -71,15 +71,15 @@ fn cert_not_after(der: &[u8]) -> String {
 
 /// A short, stable label for why a handshake failed (for metrics).
 fn refusal_reason(e: &quinn::ConnectionError) -> &'static str {
-    let text = e.to_string();
+    let text = e.to_string().to_ascii_lowercase();
     let has = |s: &str| text.contains(s);
     if has("revoked") {
         "revoked"
-    } else if has("UnknownIssuer") || has("BadSignature") {
+    } else if has("unknownissuer") || has("badsignature") {
         "unknown-ca"
-    } else if has("Expired") || has("NotValidYet") {
+    } else if has("expired") || has("notvalidyet") {
         "expired"
-    } else if has("extended key usage") || has("KeyUsage") {
+    } else if has("extended key usage") || has("keyusage") {
         "wrong-usage"
     } else if has("identity") {
         "bad-identity"

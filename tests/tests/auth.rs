@@ -43,6 +43,12 @@ async fn agents_with_bad_certificates_are_refused_in_the_handshake() {
         .wait_for("client authentication", Duration::from_secs(15));
 
     assert_eq!(w.relay.nodes().await["nodes"].as_array().unwrap().len(), 0);
+    let (_, metrics) = tether_e2e::get_text(&w.relay.admin_url("/metrics")).await;
+    for reason in ["unknown-ca", "wrong-usage"] {
+        let needle =
+            format!("tether_relay_handshakes_total{{result=\"Refused\",reason=\"{reason}\"}}");
+        assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
+    }
     let r = client()
         .get(w.relay.url("/"))
         .header("x-node-id", "node-x")
