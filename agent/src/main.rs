@@ -115,7 +115,7 @@ fn enroll_main(cmd: Cmd) -> Result<()> {
         server_name,
         force,
     } = cmd;
-    tether_proto::logging::init(&Default::default());
+    let _log = tether_proto::logging::init(&Default::default());
     let server_name = server_name.unwrap_or_else(|| host_of(&relay).to_owned());
     let overwrite = if force {
         tether_certs::files::Overwrite::Allow
@@ -155,7 +155,7 @@ fn main() -> Result<()> {
     let (cfg, routes) = source
         .load(&metrics)
         .context("invalid agent configuration")?;
-    tether_proto::logging::init(&cfg.log);
+    let _log = tether_proto::logging::init(&cfg.log);
     if routes.is_empty() {
         warn!("no routes configured: every request will be answered 404 no-route");
     }

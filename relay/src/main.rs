@@ -78,7 +78,7 @@ fn main() -> Result<()> {
         flags: cli.flags(),
     };
     let cfg: Config = source.load().context("invalid relay configuration")?;
-    tether_proto::logging::init(&cfg.log);
+    let _log = tether_proto::logging::init(&cfg.log);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
