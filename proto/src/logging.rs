@@ -28,14 +28,22 @@ impl Default for LogConfig {
     }
 }
 
-/// Installs the global subscriber. Logs go to stderr so stdout stays for program output.
-pub fn init(cfg: &LogConfig) {
+/// Keeps the log writer running; logs still buffered are written when it drops, so hold
+/// it until the process ends.
+pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+
+/// Installs the global subscriber. Logs go to stderr (stdout stays for program output)
+/// through a background writer: a request's log line is a queue push, never a wait on
+/// the stderr lock shared by every request.
+pub fn init(cfg: &LogConfig) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match cfg.format {
         LogFormat::Pretty => builder.with_ansi(false).compact().init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+    guard
 }
