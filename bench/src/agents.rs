@@ -37,6 +37,33 @@ pub struct FakeAgent {
 pub struct Fleet {
     pub endpoints: Vec<quinn::Endpoint>,
     pub agents: Vec<FakeAgent>,
+    /// Handshakes that had to be tried again (as a real agent would, after a backoff).
+    pub retries: u64,
+    /// Connections that never came up (after [`ATTEMPTS`] tries).
+    pub failed: u64,
+}
+
+/// Tries per connection before it counts as failed.
+const ATTEMPTS: u32 = 5;
+
+async fn connect_one(
+    ep: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    relay: SocketAddr,
+) -> Result<(
+    quinn::Connection,
+    h3::server::Connection<h3_quinn::Connection, Bytes>,
+)> {
+    let conn = ep
+        .connect_with(cfg, relay, "localhost")?
+        .await
+        .context("handshake")?;
+    let h3c = h3::server::builder()
+        .send_grease(false)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
+        .await
+        .context("h3")?;
+    Ok((conn, h3c))
 }
 
 /// Connects `configs.len() * per_node` agent connections to `relay`, at most
@@ -61,25 +88,39 @@ pub async fn connect(
         let sem = sem.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await?;
-            let conn = ep
-                .connect_with(cfg, relay, "localhost")?
-                .await
-                .context("handshake")?;
-            let h3c = h3::server::builder()
-                .send_grease(false)
-                .build::<_, Bytes>(h3_quinn::Connection::new(conn.clone()))
-                .await
-                .context("h3")?;
-            let served = Arc::new(AtomicU64::new(0));
-            tokio::spawn(serve(h3c, served.clone()));
-            Ok::<_, anyhow::Error>(FakeAgent { conn, served })
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match connect_one(&ep, cfg.clone(), relay).await {
+                    Ok((conn, h3c)) => {
+                        let served = Arc::new(AtomicU64::new(0));
+                        tokio::spawn(serve(h3c, served.clone()));
+                        return Ok::<_, anyhow::Error>((Some(FakeAgent { conn, served }), tries));
+                    }
+                    Err(_) if tries < ATTEMPTS => {
+                        tokio::time::sleep(Duration::from_millis(200 * u64::from(tries))).await
+                    }
+                    Err(_) => return Ok((None, tries)),
+                }
+            }
         }));
     }
     let mut agents = Vec::with_capacity(total);
+    let (mut retries, mut failed) = (0, 0);
     for t in tasks {
-        agents.push(t.await??);
+        let (a, tries) = t.await??;
+        retries += u64::from(tries - 1);
+        match a {
+            Some(a) => agents.push(a),
+            None => failed += 1,
+        }
     }
-    Ok(Fleet { endpoints, agents })
+    Ok(Fleet {
+        endpoints,
+        agents,
+        retries,
+        failed,
+    })
 }
 
 async fn serve(

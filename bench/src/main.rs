@@ -257,31 +257,52 @@ async fn run(args: RunArgs) -> Result<()> {
     let pki = work.join("pki");
     peers::pki(&env, &pki, "bench", &["bench".to_owned()])?;
 
+    // A scenario that fails is noted in the report and makes the run fail at the end;
+    // the other scenarios still run and the report is still written.
+    let mut failed = Vec::new();
+    let mut check = |name: &str, r: Result<()>, rep: &mut report::Report| {
+        if let Err(e) = r {
+            rep.note(&format!("scenario {name} FAILED: {e:#}"));
+            failed.push(name.to_owned());
+        }
+    };
     if want("latency") || want("throughput") || want("bulk") {
-        let targets = start_targets(&args, &env, &pki, &mut rep).await?;
-        if want("latency") {
-            latency(&args, &cpu, &targets, &mut rep).await?;
-        }
-        if want("throughput") {
-            throughput(&args, &cpu, &targets, &mut rep).await?;
-        }
-        if want("bulk") {
-            bulk(&args, &cpu, &targets, &mut rep).await?;
-        }
-        for mut t in targets {
-            for p in &mut t.procs {
-                p.stop();
+        match start_targets(&args, &env, &pki, &mut rep).await {
+            Ok(targets) => {
+                if want("latency") {
+                    let r = latency(&args, &cpu, &targets, &mut rep).await;
+                    check("latency", r, &mut rep);
+                }
+                if want("throughput") {
+                    let r = throughput(&args, &cpu, &targets, &mut rep).await;
+                    check("throughput", r, &mut rep);
+                }
+                if want("bulk") {
+                    let r = bulk(&args, &cpu, &targets, &mut rep).await;
+                    check("bulk", r, &mut rep);
+                }
+                for mut t in targets {
+                    for p in &mut t.procs {
+                        p.stop();
+                    }
+                }
             }
+            Err(e) => check("start", Err(e), &mut rep),
         }
     }
     self_pin(&cpu.all);
     if want("scale") {
-        scale(&args, &env, &pki, &mut rep).await?;
+        let r = scale(&args, &env, &pki, &mut rep).await;
+        check("scale", r, &mut rep);
     }
     if want("loss") {
-        loss(&args, &env, &pki, &mut rep).await?;
+        let r = loss(&args, &env, &pki, &mut rep).await;
+        check("loss", r, &mut rep);
     }
     rep.finish()?;
+    if !failed.is_empty() {
+        bail!("scenarios failed: {}", failed.join(", "));
+    }
     Ok(())
 }
 
@@ -613,13 +634,14 @@ async fn scale(
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = procs::rss_kib(relay.pid())?;
         let t0 = Instant::now();
-        let fleet = agents::connect(p.tunnel, &configs[..k], per_node, 256).await?;
+        let fleet = agents::connect(p.tunnel, &configs[..k], per_node, 64).await?;
         let connect_s = t0.elapsed().as_secs_f64();
+        let connected = fleet.agents.len();
         let until = Instant::now() + Duration::from_secs(60);
         let mut registered = 0;
         while Instant::now() < until {
             registered = relay_connections(p.admin).await.unwrap_or(0);
-            if registered >= total {
+            if registered >= connected {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -628,7 +650,7 @@ async fn scale(
         // Let keep-alives and allocator settle, then read the relay's memory.
         tokio::time::sleep(Duration::from_secs(if args.smoke { 1 } else { 3 })).await;
         let after = procs::rss_kib(relay.pid())?;
-        let per_agent = (after.saturating_sub(before)) as f64 / total as f64;
+        let per_agent = (after.saturating_sub(before)) as f64 / connected.max(1) as f64;
         // Requests spread over every connection: per node, one sequential request per
         // connection (the relay round-robins ties across a node's connections).
         let t1 = Instant::now();
@@ -685,12 +707,14 @@ async fn scale(
             .iter()
             .filter(|a| a.served.load(Relaxed) > 0)
             .count();
-        let row = json!({"agents": total, "nodes": k, "connect_all_s": connect_s, "registered": registered,
+        let row = json!({"agents": total, "connected": connected, "nodes": k, "connect_all_s": connect_s,
+            "handshake_retries": fleet.retries, "connect_failed": fleet.failed, "registered": registered,
             "registered_s": registered_s, "rss_before_kib": before, "rss_after_kib": after,
             "rss_per_agent_kib": per_agent, "requests_ok": ok.load(Relaxed), "requests_failed": bad.load(Relaxed),
             "requests_s": req_s, "connections_that_served": hit});
         eprintln!("   {row}");
         out.push(row);
+        rep.set("scale", Value::Array(out.clone()));
         fleet.close().await;
         relay.stop();
     }
