@@ -741,7 +741,7 @@ async fn loss(
         Err(e) => {
             rep.skip(
                 "loss",
-                &format!("cannot create network namespaces here: {e:#}"),
+                &format!("cannot set up two network namespaces with a netem link here: {e:#}"),
             );
             return Ok(());
         }
