@@ -16,7 +16,7 @@ use tether_proto::control::CONTROL_PATH;
 use tether_proto::h3body::{pump, TunnelBody};
 use tether_proto::headers::strip_hop_by_hop;
 use tether_proto::ErrorCode;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, debug_span, info, Instrument};
 
 use crate::control::ConnControl;
 use crate::routes::Routes;
@@ -74,7 +74,7 @@ pub async fn handle(
     if req.uri().path() == CONTROL_PATH {
         return control.serve(stream).await;
     }
-    let span = info_span!(
+    let span = debug_span!(
         "request",
         stream = stream.id().into_inner(),
         method = %req.method(),
@@ -115,7 +115,11 @@ async fn serve(
     strip_hop_by_hop(&mut parts.headers);
     parts.uri = target;
     parts.version = http::Version::HTTP_11;
-    let upstream_req = Request::from_parts(parts, TunnelBody::new(recv, ()));
+    let mut body = TunnelBody::new(recv, ());
+    // A GET's end usually arrives with its head: then send it upstream with no body,
+    // not as an open-ended chunked one that hyper would wait on.
+    body.ended_already();
+    let upstream_req = Request::from_parts(parts, body);
 
     let resp = match service.client.request(upstream_req).await {
         Ok(r) => r,
@@ -136,7 +140,7 @@ async fn serve(
     let result = pump(body, &mut send).await;
     route.metrics.durations.observe(status, started.elapsed());
     match result {
-        Ok(bytes) => info!(
+        Ok(bytes) => debug!(
             status,
             bytes,
             duration_ms = started.elapsed().as_secs_f64() * 1e3,

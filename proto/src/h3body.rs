@@ -111,6 +111,8 @@ pub struct TunnelBody<R: H3Recv, G: BodyObserver = ()> {
     phase: Phase,
     bytes: u64,
     guard: Option<G>,
+    /// A frame taken by [`TunnelBody::ended_already`], handed out first.
+    peeked: Option<Result<Frame<Bytes>, StreamError>>,
 }
 
 impl<R: H3Recv, G: BodyObserver> TunnelBody<R, G> {
@@ -120,6 +122,22 @@ impl<R: H3Recv, G: BodyObserver> TunnelBody<R, G> {
             phase: Phase::Data,
             bytes: 0,
             guard: Some(guard),
+            peeked: None,
+        }
+    }
+
+    /// True when the body is already known to have ended (its end arrived with the
+    /// head, as for a GET): checks without waiting. The agent uses it to send such
+    /// requests upstream with no body at all, instead of as an open-ended chunked one.
+    pub fn ended_already(&mut self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut *self).poll_frame(&mut cx) {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(frame)) => {
+                self.peeked = Some(frame);
+                false
+            }
+            Poll::Pending => false,
         }
     }
 
@@ -151,6 +169,9 @@ impl<R: H3Recv, G: BodyObserver> Body for TunnelBody<R, G> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, StreamError>>> {
         let this = self.get_mut();
+        if let Some(frame) = this.peeked.take() {
+            return Poll::Ready(Some(frame));
+        }
         loop {
             match this.phase {
                 Phase::Data => match ready!(this.recv.poll_data(cx)) {
@@ -179,7 +200,15 @@ impl<R: H3Recv, G: BodyObserver> Body for TunnelBody<R, G> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.phase == Phase::Done
+        self.phase == Phase::Done && self.peeked.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.is_end_stream() {
+            http_body::SizeHint::with_exact(0)
+        } else {
+            http_body::SizeHint::default()
+        }
     }
 }
 
@@ -230,4 +259,67 @@ where
     }
     send.finish().await?;
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A receiving half that replays a script; `None` entries are "not yet" (Pending).
+    struct Script(VecDeque<Option<Result<Option<Bytes>, StreamError>>>);
+
+    impl H3Recv for Script {
+        fn poll_data(&mut self, _cx: &mut Context<'_>) -> Poll<Result<Option<Bytes>, StreamError>> {
+            match self.0.pop_front() {
+                Some(Some(r)) => Poll::Ready(r),
+                Some(None) => Poll::Pending,
+                None => Poll::Ready(Ok(None)),
+            }
+        }
+        fn poll_trailers(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Result<Option<HeaderMap>, StreamError>> {
+            Poll::Ready(Ok(None))
+        }
+    }
+
+    fn collect(mut body: TunnelBody<Script>) -> Vec<u8> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        loop {
+            match Pin::new(&mut body).poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(f))) => out.extend_from_slice(&f.into_data().unwrap()),
+                Poll::Ready(None) => return out,
+                Poll::Ready(Some(Err(e))) => panic!("{e}"),
+                Poll::Pending => continue,
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_body_is_known_at_once() {
+        let mut body = TunnelBody::new(Script(VecDeque::new()), ());
+        assert!(body.ended_already());
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+    }
+
+    #[test]
+    fn peeking_loses_no_byte() {
+        let script = [
+            Some(Ok(Some(Bytes::from_static(b"ab")))),
+            Some(Ok(Some(Bytes::from_static(b"c")))),
+        ];
+        let mut body = TunnelBody::new(Script(script.into_iter().collect()), ());
+        assert!(!body.ended_already());
+        assert!(!body.is_end_stream());
+        assert_eq!(collect(body), b"abc");
+
+        let script = [None, Some(Ok(Some(Bytes::from_static(b"late"))))];
+        let mut body = TunnelBody::new(Script(script.into_iter().collect()), ());
+        assert!(!body.ended_already(), "not arrived yet is not ended");
+        assert_eq!(collect(body), b"late");
+    }
 }

@@ -17,7 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tether_proto::{ErrorCode, Id};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, debug_span, info, warn, Instrument};
 
 use crate::config::IngressConfig;
 use crate::forward::{error_response, forward, RespBody};
@@ -115,7 +115,7 @@ impl Router {
             }
         };
         let t = lease.tunnel();
-        let span = info_span!(
+        let span = debug_span!(
             "request",
             node = %t.identity.node,
             cluster = %t.identity.cluster,
