@@ -194,42 +194,54 @@ pub async fn forward(
 
     // A body-less request (most GETs) finishes inline; others stream from a task so
     // that the response can start before the upload ends.
-    let mut upload = None;
+    // The upload is cancelled (its stream reset) if `upload_ctl` is dropped before the
+    // response head arrives, and left to finish once it is sent `()`. Merely dropping
+    // the sending half would *finish* the stream, and the agent would take a truncated
+    // body for a complete one.
+    let (upload_ctl, upload_verdict) = tokio::sync::oneshot::channel::<()>();
     if body.is_end_stream() {
         if let Err(e) = send.finish().await {
             debug!(error = %e, "finishing request stream failed");
         }
     } else {
         let bytes_in = done.bytes_in.clone();
-        upload = Some(tokio::spawn(
+        tokio::spawn(
             async move {
-                match pump(body, &mut send).await {
-                    Ok(n) => bytes_in.store(n, Ordering::Relaxed),
-                    Err(e) => debug!(error = %e, "request body not fully sent"),
+                let result = {
+                    let upload = pump(body, &mut send);
+                    tokio::pin!(upload);
+                    tokio::select! {
+                        r = &mut upload => Some(r),
+                        verdict = upload_verdict => match verdict {
+                            Ok(()) => Some(upload.await),
+                            Err(_) => None,
+                        },
+                    }
+                };
+                match result {
+                    Some(Ok(n)) => bytes_in.store(n, Ordering::Relaxed),
+                    Some(Err(e)) => debug!(error = %e, "request body not fully sent"),
+                    None => send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED),
                 }
             }
             .in_current_span(),
-        ));
+        );
     }
-    let abort_upload = |upload: Option<tokio::task::JoinHandle<()>>| {
-        if let Some(task) = upload {
-            task.abort();
-        }
-    };
 
     let head = match tokio::time::timeout(timeout, recv.recv_response()).await {
         Ok(Ok(head)) => head,
         Ok(Err(e)) => {
-            abort_upload(upload);
+            drop(upload_ctl);
             return done.fail(
                 ErrorCode::TunnelLost,
                 &format!("tunnel to node {node} failed before the response: {e}"),
             );
         }
         Err(_) => {
-            // Dropping both halves resets the stream, so the agent stops working on it.
-            // (Not `stop_sending`: h3-quinn 0.0.10 panics if a read was in progress.)
-            abort_upload(upload);
+            // Reset the stream both ways so the agent stops working on it. (Not
+            // `stop_sending` on `recv`: h3-quinn 0.0.10 panics if a read was in progress;
+            // dropping it sends STOP_SENDING anyway.)
+            drop(upload_ctl);
             return done.fail(
                 ErrorCode::Timeout,
                 &format!("no response head from node {node} within {timeout:?}"),
@@ -248,6 +260,8 @@ pub async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(ErrorCode::from_code);
     done.complete = true;
+    // The upload goes on while the response streams (an echo, say).
+    let _ = upload_ctl.send(());
     let body = TunnelBody::new(recv, done)
         .map_err(BoxError::from)
         .boxed_unsync();

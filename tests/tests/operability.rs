@@ -129,17 +129,22 @@ async fn draining_one_agent_of_a_cluster_fails_no_request() {
 async fn relay_drain_finishes_requests_in_flight_and_exits_zero() {
     let mut w = World::new();
     let a = w.site("node-a", "west", 1).await;
-    let http = client();
-    let url = w.relay.url("/slow?ms=1500");
-    let in_flight = tokio::spawn(async move {
-        let r = http.get(url).header("x-node-id", "node-a").send().await?;
-        let status = r.status();
-        Ok::<_, reqwest::Error>((status, r.text().await?))
-    });
+    // Twenty requests in flight when SIGTERM arrives: every one must complete.
+    let in_flight: Vec<_> = (0..20)
+        .map(|i| {
+            let http = client();
+            let url = w.relay.url(&format!("/slow?ms=1500&i={i}"));
+            tokio::spawn(async move {
+                let r = http.get(url).header("x-node-id", "node-a").send().await?;
+                let status = r.status();
+                Ok::<_, reqwest::Error>((status, r.text().await?))
+            })
+        })
+        .collect();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let relay = std::mem::replace(
         &mut w.relay.proc,
-        tether_e2e::Proc::spawn("noop", Command::new("true").arg("")),
+        tether_e2e::Proc::spawn("noop", &mut Command::new("true")),
     );
     let (code, relay) = tokio::task::spawn_blocking(move || {
         let mut relay = relay;
@@ -148,11 +153,10 @@ async fn relay_drain_finishes_requests_in_flight_and_exits_zero() {
     .await
     .unwrap();
     assert_eq!(code, Some(0));
-    let (status, body) = in_flight
-        .await
-        .unwrap()
-        .expect("in-flight request completes");
-    assert_eq!((status.as_u16(), body.as_str()), (200, "slow"));
+    for r in in_flight {
+        let (status, body) = r.await.unwrap().expect("in-flight request completes");
+        assert_eq!((status.as_u16(), body.as_str()), (200, "slow"));
+    }
     relay.wait_for("telling agents", Duration::from_secs(1));
     a.agent
         .proc
