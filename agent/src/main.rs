@@ -219,13 +219,10 @@ async fn run(
         tokio::spawn(admin::serve(listener, move |req| admin(agent.clone(), req)));
     }
     info!(relay = %cfg.relay, connections = cfg.connections, "agent starting");
-    let renewal = cfg.state_dir.is_some().then(|| {
-        tokio::spawn(renew::run(
-            cfg.clone(),
-            agent.metrics.clone(),
-            agent.stop.clone(),
-        ))
-    });
+    let renewal = cfg
+        .state_dir
+        .is_some()
+        .then(|| tokio::spawn(renew::run(agent.clone())));
     tokio::spawn(reload::watch(agent.clone(), source));
     let slots: Vec<_> = (0..cfg.connections)
         .map(|slot| tokio::spawn(tunnel::run_slot(slot, agent.clone())))

@@ -8,12 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result};
 use tether_proto::enroll::renew_at_unix;
 use tether_proto::tls::load_certs;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
 use crate::enroll::{renew, IdentityFiles};
-use crate::metrics::Metrics;
+use crate::tunnel::Agent;
 
 /// Longest wait between renewal retries.
 const RETRY_CAP: Duration = Duration::from_secs(300);
@@ -36,14 +34,16 @@ pub fn validity(files: &IdentityFiles) -> Result<(u64, u64)> {
     ))
 }
 
-/// Renews for ever (until `stop`).
-pub async fn run(cfg: Arc<Config>, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let files = match cfg.identity_files() {
-        Ok(f) => f,
-        Err(_) => return,
-    };
+/// Renews for ever (until the agent stops), with the configuration in force at each
+/// attempt (a reload may have moved the relay).
+pub async fn run(agent: Arc<Agent>) {
+    let (metrics, stop) = (&agent.metrics, &agent.stop);
     let mut retry = Duration::from_secs(1);
     loop {
+        let cfg = agent.cfg.load_full();
+        let Ok(files) = cfg.identity_files() else {
+            return;
+        };
         let (not_before, not_after) =
             match validity(&files).context("reading the agent certificate") {
                 Ok(v) => v,
