@@ -180,3 +180,33 @@ async fn slow_and_unreachable_upstreams_get_their_own_errors() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_relay_gives_up_on_never_reaches_the_service_as_complete() {
+    let w = World::with_ingress("request_timeout = \"1s\"");
+    let a = w.site("node-a", "west", 1).await;
+    // One chunk, then silence for longer than the request timeout.
+    let chunks = futures_util::stream::unfold(0u8, |i| async move {
+        match i {
+            0 => Some((Ok::<_, std::io::Error>(vec![1u8; 1024]), 1)),
+            1 => {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                Some((Ok(vec![2u8; 1024]), 2))
+            }
+            _ => None,
+        }
+    });
+    let r = client()
+        .post(w.relay.url("/upload"))
+        .header("x-node-id", "node-a")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    // The relay reset the request stream: the agent's upload to the service fails
+    // instead of ending cleanly with 1 KiB of a longer body.
+    a.agent
+        .proc
+        .wait_for("upstream failed", Duration::from_secs(5));
+}
