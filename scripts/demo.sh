@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole of Tether on this machine, all on 127.0.0.1: a throwaway CA, the relay,
-# one agent (node "node-a" of cluster "demo") and a small sample on-prem service.
+# one agent (node "node-a" of cluster "demo") and a small sample on-prem service. The
+# agent gets its identity the way a real one does: a one-time token and `enroll`.
 # Prints a curl line that goes through the tunnel, then keeps running until Ctrl-C.
 #
 #   scripts/demo.sh            # run until Ctrl-C
@@ -30,7 +31,6 @@ trap cleanup EXIT INT TERM
 
 "$bin/tether-certs" ca init --dir "$work/pki" >/dev/null
 "$bin/tether-certs" issue relay --dir "$work/pki" --san localhost --san 127.0.0.1 >/dev/null
-"$bin/tether-certs" issue agent --dir "$work/pki" --node node-a --cluster demo >/dev/null
 
 cat >"$work/relay.toml" <<TOML
 [tunnel]
@@ -44,14 +44,15 @@ listen = "127.0.0.1:$INGRESS_PORT"
 
 [admin]
 listen = "127.0.0.1:$ADMIN_PORT"
+
+[enroll]
+ca_key = "$work/pki/ca.key"
 TOML
 
 cat >"$work/agent.toml" <<TOML
 relay = "127.0.0.1:$TUNNEL_PORT"
 server_name = "localhost"
-ca = "$work/pki/ca.pem"
-cert = "$work/pki/node-a.pem"
-key = "$work/pki/node-a.key"
+state_dir = "$work/agent-state"
 connections = 2
 
 [[routes]]
@@ -63,6 +64,17 @@ TOML
 pids+=($!)
 "$bin/tether-relay" --config "$work/relay.toml" 2>"$work/relay.log" &
 pids+=($!)
+
+# Wait (at most 10 s) for the relay to be up.
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$ADMIN_PORT/readyz" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+# Enrollment: the operator makes a token; the agent's host makes its own key pair.
+token=$("$bin/tether-certs" token create --dir "$work/pki" --node node-a --cluster demo --ttl 10m)
+"$bin/tether-agent" enroll --relay "127.0.0.1:$TUNNEL_PORT" --server-name localhost \
+  --token "$token" --dir "$work/agent-state" >&2
 "$bin/tether-agent" --config "$work/agent.toml" 2>"$work/agent.log" &
 pids+=($!)
 
@@ -85,7 +97,7 @@ cat <<MSG
 
 Tether is running (logs in $work):
   relay   tunnel udp/127.0.0.1:$TUNNEL_PORT, ingress http://127.0.0.1:$INGRESS_PORT, admin http://127.0.0.1:$ADMIN_PORT/api/nodes
-  agent   node-a (cluster demo) -> on-prem service http://127.0.0.1:$SERVICE_PORT
+  agent   node-a (cluster demo, enrolled with a one-time token) -> on-prem service http://127.0.0.1:$SERVICE_PORT
 
 Try it:
   $cmd
