@@ -7,7 +7,8 @@
 #   scripts/demo.sh            # run until Ctrl-C
 #   scripts/demo.sh --check    # run the curl once, then stop (exit code says if it worked)
 #
-# Ports can be changed with TUNNEL_PORT, INGRESS_PORT, ADMIN_PORT and SERVICE_PORT.
+# Ports can be changed with TUNNEL_PORT, INGRESS_PORT, ADMIN_PORT, AGENT_ADMIN_PORT and
+# SERVICE_PORT.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +16,7 @@ TUNNEL_PORT=${TUNNEL_PORT:-4433}
 INGRESS_PORT=${INGRESS_PORT:-8080}
 ADMIN_PORT=${ADMIN_PORT:-9090}
 SERVICE_PORT=${SERVICE_PORT:-3000}
+AGENT_ADMIN_PORT=${AGENT_ADMIN_PORT:-9091}
 
 echo "building (debug) ..." >&2
 cargo build --workspace --quiet
@@ -58,6 +60,9 @@ connections = 2
 [[routes]]
 prefix = "/"
 upstream = "http://127.0.0.1:$SERVICE_PORT"
+
+[admin]
+listen = "127.0.0.1:$AGENT_ADMIN_PORT"
 TOML
 
 "$bin/tether-sample-service" --listen "127.0.0.1:$SERVICE_PORT" --name on-prem-service >"$work/service.log" 2>&1 &
