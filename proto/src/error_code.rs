@@ -25,12 +25,10 @@ pub enum ErrorCode {
     Timeout,
     /// The request matched none of the agent's routes.
     NoRoute,
-    /// The relay or agent is shutting down and takes no new requests.
-    Draining,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 7] = [
         ErrorCode::NoRouteHeader,
         ErrorCode::BadId,
         ErrorCode::NoTunnel,
@@ -38,7 +36,6 @@ impl ErrorCode {
         ErrorCode::UpstreamUnreachable,
         ErrorCode::Timeout,
         ErrorCode::NoRoute,
-        ErrorCode::Draining,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,7 +47,6 @@ impl ErrorCode {
             ErrorCode::UpstreamUnreachable => "upstream-unreachable",
             ErrorCode::Timeout => "timeout",
             ErrorCode::NoRoute => "no-route",
-            ErrorCode::Draining => "draining",
         }
     }
 
@@ -61,7 +57,7 @@ impl ErrorCode {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorCode::NoRouteHeader | ErrorCode::BadId => StatusCode::BAD_REQUEST,
-            ErrorCode::NoTunnel | ErrorCode::Draining => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NoTunnel => StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::TunnelLost | ErrorCode::UpstreamUnreachable => StatusCode::BAD_GATEWAY,
             ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::NoRoute => StatusCode::NOT_FOUND,
