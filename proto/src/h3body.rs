@@ -141,11 +141,6 @@ impl<R: H3Recv, G: BodyObserver> TunnelBody<R, G> {
         }
     }
 
-    /// Body bytes received so far.
-    pub fn bytes(&self) -> u64 {
-        self.bytes
-    }
-
     fn end(&mut self, complete: bool) {
         self.phase = Phase::Done;
         if let Some(mut g) = self.guard.take() {
