@@ -107,7 +107,11 @@ async fn run(cfg: Config, source: reload::Source) -> Result<()> {
         .with_context(|| format!("binding tunnel.listen {}", cfg.tunnel.listen))?;
     let endpoint = quinn::Endpoint::new(
         tls::endpoint_config(&cfg.tunnel)?,
-        Some(tls::server_config(&cfg.tunnel, revocations.clone())?),
+        Some(tls::server_config(
+            &cfg.tunnel,
+            revocations.clone(),
+            metrics.clone(),
+        )?),
         socket,
         Arc::new(quinn::TokioRuntime),
     )?;

@@ -61,8 +61,9 @@ impl Live {
     fn apply(&self) -> Result<()> {
         let cfg = self.source.load().context("new configuration refused")?;
         let router = Router::new(&cfg.ingress, self.registry.clone(), self.metrics.clone())?;
-        let tls = crate::tls::server_config(&cfg.tunnel, self.revocations.clone())
-            .context("new tunnel certificates refused")?;
+        let tls =
+            crate::tls::server_config(&cfg.tunnel, self.revocations.clone(), self.metrics.clone())
+                .context("new tunnel certificates refused")?;
         let enroller = Enroller::new(&cfg, self.revocations.clone())?;
         let old = self.current.load();
         for (what, changed) in [

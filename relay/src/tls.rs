@@ -24,6 +24,7 @@ use tether_proto::tls::{
 use tether_proto::wire::{transport_config, Side, ALPN_TUNNEL};
 
 use crate::config::TunnelConfig;
+use crate::metrics::{HandshakeResult, Metrics};
 use crate::revocation::RevocationList;
 
 /// Chain and usage checks from webpki, plus the identity check.
@@ -31,6 +32,8 @@ struct IdentityVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     trust_domain: String,
     revocations: Arc<RevocationList>,
+    /// Refusals are counted here, where their reason is still a type, not a string.
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for IdentityVerifier {
@@ -41,11 +44,46 @@ impl std::fmt::Debug for IdentityVerifier {
     }
 }
 
-/// A certificate refusal: logged here in words (rustls only carries it as `Debug`), and
-/// sent to the agent as a `bad_certificate` alert.
-fn other_error(e: impl std::error::Error + Send + Sync + 'static) -> rustls::Error {
-    tracing::warn!(reason = %e, "agent certificate refused");
-    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+/// A refused agent certificate: the metric label, a sentence for the log (rustls carries
+/// our own errors only as `Debug`), and the error rustls turns into the TLS alert.
+struct Refusal {
+    reason: &'static str,
+    detail: String,
+    error: rustls::Error,
+}
+
+impl Refusal {
+    /// A refusal by webpki (chain, validity, usage).
+    fn webpki(error: rustls::Error) -> Self {
+        use CertificateError as C;
+        let reason = match &error {
+            rustls::Error::InvalidCertificate(c) => match c {
+                C::UnknownIssuer | C::BadSignature => "unknown-ca",
+                C::Expired | C::ExpiredContext { .. } => "expired",
+                C::NotValidYet | C::NotValidYetContext { .. } => "expired",
+                C::InvalidPurpose | C::InvalidPurposeContext { .. } => "wrong-usage",
+                _ => "bad-certificate",
+            },
+            _ => "bad-certificate",
+        };
+        Refusal {
+            reason,
+            detail: error.to_string(),
+            error,
+        }
+    }
+
+    /// A refusal by Tether's own rules (identity, revocation).
+    fn tether(reason: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let detail = e.to_string();
+        let error =
+            rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))));
+        Refusal {
+            reason,
+            detail,
+            error,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +100,27 @@ pub fn cert_serial(der: &[u8]) -> String {
         .unwrap_or_default()
 }
 
+impl IdentityVerifier {
+    fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), Refusal> {
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(Refusal::webpki)?;
+        let identity = identity_from_cert(end_entity, Some(&self.trust_domain))
+            .map_err(|e| Refusal::tether("bad-identity", e))?;
+        let serial = cert_serial(end_entity);
+        if self.revocations.is_revoked(&identity.node, &serial) {
+            let node = identity.node;
+            return Err(Refusal::tether("revoked", Revoked { node, serial }));
+        }
+        Ok(())
+    }
+}
+
 impl ClientCertVerifier for IdentityVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
@@ -73,17 +132,11 @@ impl ClientCertVerifier for IdentityVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let identity =
-            identity_from_cert(end_entity, Some(&self.trust_domain)).map_err(other_error)?;
-        let serial = cert_serial(end_entity);
-        if self.revocations.is_revoked(&identity.node, &serial) {
-            return Err(other_error(Revoked {
-                node: identity.node,
-                serial,
-            }));
-        }
+        self.check(end_entity, intermediates, now).map_err(|r| {
+            self.metrics.handshake(HandshakeResult::Refused, r.reason);
+            tracing::warn!(reason = r.reason, detail = %r.detail, "agent certificate refused");
+            r.error
+        })?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -122,6 +175,7 @@ impl ClientCertVerifier for IdentityVerifier {
 fn client_verifier(
     cfg: &TunnelConfig,
     revocations: Arc<RevocationList>,
+    metrics: Arc<Metrics>,
 ) -> Result<Arc<IdentityVerifier>> {
     let roots = load_roots(&cfg.ca).context("loading tunnel.ca")?;
     let trust_domain = match &cfg.trust_domain {
@@ -138,6 +192,7 @@ fn client_verifier(
         inner: webpki,
         trust_domain,
         revocations,
+        metrics,
     }))
 }
 
@@ -145,8 +200,9 @@ fn client_verifier(
 pub fn server_config(
     cfg: &TunnelConfig,
     revocations: Arc<RevocationList>,
+    metrics: Arc<Metrics>,
 ) -> Result<quinn::ServerConfig> {
-    let verifier = client_verifier(cfg, revocations)?;
+    let verifier = client_verifier(cfg, revocations, metrics)?;
     // Serve the CA after our certificate: an enrolling agent knows the CA only by the
     // fingerprint in its token, and finds it in this chain.
     let mut certs = load_certs(&cfg.cert).context("loading tunnel.cert")?;
@@ -226,7 +282,7 @@ mod tests {
                 ..Default::default()
             };
             let revocations = Arc::new(RevocationList::load(cfg.revocations_path()).unwrap());
-            client_verifier(&cfg, revocations).unwrap()
+            client_verifier(&cfg, revocations, Arc::new(Metrics::default())).unwrap()
         }
 
         fn agent(&self, uri: Option<&str>, expired: bool) -> CertificateDer<'static> {
@@ -275,7 +331,10 @@ mod tests {
         let cert = ca.agent(Some("spiffe://tether.local/cluster/west/node/n1"), false);
         let path = ca.dir.path().join("revoked.json");
         tether_certs::revocation::revoke_serial(&path, &cert_serial(&cert)).unwrap();
-        let err = verdict(&ca.verifier(), &cert).unwrap_err();
+        let v = ca.verifier();
+        let err = verdict(&v, &cert).unwrap_err();
         assert!(err.contains("Revoked"), "{err}");
+        let metrics = v.metrics.encode();
+        assert!(metrics.contains(r#"reason="revoked"} 1"#), "{metrics}");
     }
 }

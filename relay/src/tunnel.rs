@@ -69,23 +69,15 @@ fn cert_not_after(der: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-/// A short, stable label for why a handshake failed (for metrics).
-fn refusal_reason(e: &quinn::ConnectionError) -> &'static str {
-    let text = e.to_string().to_ascii_lowercase();
-    let has = |s: &str| text.contains(s);
-    if has("revoked") {
-        "revoked"
-    } else if has("unknownissuer") || has("badsignature") {
-        "unknown-ca"
-    } else if has("expired") || has("notvalidyet") {
-        "expired"
-    } else if has("extended key usage") || has("keyusage") {
-        "wrong-usage"
-    } else if has("identity") {
-        "bad-identity"
-    } else {
-        "handshake-failed"
-    }
+/// TLS alerts rustls sends for a refused certificate (bad_certificate,
+/// unsupported_certificate, certificate_revoked/expired/unknown, unknown_ca,
+/// access_denied, decrypt_error, certificate_required): those handshakes were already
+/// counted, with their reason, by the certificate verifier.
+const CERTIFICATE_ALERTS: [u64; 9] = [42, 43, 44, 45, 46, 48, 49, 51, 116];
+
+fn is_certificate_refusal(e: &quinn::ConnectionError) -> bool {
+    matches!(e, quinn::ConnectionError::TransportError(t)
+        if CERTIFICATE_ALERTS.iter().any(|alert| u64::from(t.code) == 0x100 + alert))
 }
 
 /// Reads the agent's side of the control stream into control events until it ends.
@@ -110,8 +102,10 @@ impl Acceptor {
             Err(e) => {
                 // Certificate problems (wrong CA, expired, no identity, server-only
                 // usage, revoked) surface here with the verifier's reason.
-                self.metrics
-                    .handshake(HandshakeResult::Refused, refusal_reason(&e));
+                if !is_certificate_refusal(&e) {
+                    self.metrics
+                        .handshake(HandshakeResult::Refused, "handshake-failed");
+                }
                 warn!(reason = %e, "agent refused in handshake");
                 return Ok(());
             }
