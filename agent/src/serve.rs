@@ -91,18 +91,13 @@ async fn serve(
     let started = std::time::Instant::now();
     let (mut send, recv) = stream.split();
     let (mut parts, ()) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
     let routes = service.routes.load_full();
     let Some(route) = routes.find(parts.uri.path()) else {
         info!(status = 404, "no route");
         let detail = format!("no agent route matches {}", parts.uri.path());
         return send_error(&mut send, ErrorCode::NoRoute, &detail).await;
     };
-    let target = match route.target(&path) {
+    let target = match route.target(parts.uri.path_and_query().map_or("/", |p| p.as_str())) {
         Ok(t) => t,
         Err(e) => return send_error(&mut send, ErrorCode::NoRoute, &e.to_string()).await,
     };

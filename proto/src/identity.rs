@@ -47,7 +47,8 @@ impl Id {
     }
 }
 
-fn validate_id(s: &str) -> Result<(), IdError> {
+/// Checks `s` as an ID without building one (the relay checks a header per request).
+pub fn validate_id(s: &str) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty);
     }
@@ -82,6 +83,14 @@ impl fmt::Display for Id {
 impl fmt::Debug for Id {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Maps keyed by `Id` can be searched with a plain `&str` (hash and equality are the
+/// string's).
+impl std::borrow::Borrow<str> for Id {
+    fn borrow(&self) -> &str {
+        &self.0
     }
 }
 

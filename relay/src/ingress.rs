@@ -14,7 +14,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tether_proto::{ErrorCode, Id};
+use tether_proto::identity::validate_id;
+use tether_proto::ErrorCode;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, debug_span, info, warn, Instrument};
@@ -55,7 +56,8 @@ impl Router {
 
     /// `x-node-id` wins; else `x-cluster-id`; else an error for the caller.
     fn route(&self, headers: &HeaderMap) -> Result<Lease<Link>, (ErrorCode, String)> {
-        let parse = |name: &HeaderName| -> Result<Option<Id>, (ErrorCode, String)> {
+        // Checked in place: routing a request allocates nothing.
+        let parse = |name: &HeaderName| -> Result<Option<&str>, (ErrorCode, String)> {
             let Some(v) = headers.get(name) else {
                 return Ok(None);
             };
@@ -65,12 +67,12 @@ impl Router {
                     format!("{name} is not a valid ID (non-ASCII bytes)"),
                 )
             })?;
-            Id::new(s.trim())
-                .map(Some)
-                .map_err(|e| (ErrorCode::BadId, format!("{name}: {e}")))
+            let s = s.trim();
+            validate_id(s).map_err(|e| (ErrorCode::BadId, format!("{name}: {e}")))?;
+            Ok(Some(s))
         };
         if let Some(node) = parse(&self.node_header)? {
-            return self.registry.pick_node(&node).ok_or_else(|| {
+            return self.registry.pick_node(node).ok_or_else(|| {
                 (
                     ErrorCode::NoTunnel,
                     format!("no live tunnel for node {node}"),
@@ -78,7 +80,7 @@ impl Router {
             });
         }
         if let Some(cluster) = parse(&self.cluster_header)? {
-            return self.registry.pick_cluster(&cluster).ok_or_else(|| {
+            return self.registry.pick_cluster(cluster).ok_or_else(|| {
                 (
                     ErrorCode::NoTunnel,
                     format!("no live tunnel for cluster {cluster}"),

@@ -283,13 +283,13 @@ impl<T> Registry<T> {
     }
 
     /// A lease on the least-busy connection of `node`.
-    pub fn pick_node(&self, node: &Id) -> Option<Lease<T>> {
+    pub fn pick_node(&self, node: &str) -> Option<Lease<T>> {
         let node = self.inner.nodes.get(node)?.clone();
         node.pick()
     }
 
     /// A lease on the least-busy connection of the least-busy node of `cluster`.
-    pub fn pick_cluster(&self, cluster: &Id) -> Option<Lease<T>> {
+    pub fn pick_cluster(&self, cluster: &str) -> Option<Lease<T>> {
         let cluster = self.inner.clusters.get(cluster)?.clone();
         let nodes = cluster.nodes.load();
         let i = least_loaded(&nodes, &cluster.rr, |n| n.load())?;
@@ -340,10 +340,10 @@ mod tests {
             !r.unregister(&id("a"), old.conn_id),
             "second close is a no-op"
         );
-        assert_eq!(r.pick_node(&id("a")).unwrap().tunnel().conn_id, new.conn_id);
+        assert_eq!(r.pick_node("a").unwrap().tunnel().conn_id, new.conn_id);
         assert!(r.unregister(&id("a"), new.conn_id));
-        assert!(r.pick_node(&id("a")).is_none());
-        assert!(r.pick_cluster(&id("c")).is_none());
+        assert!(r.pick_node("a").is_none());
+        assert!(r.pick_cluster("c").is_none());
         assert_eq!(r.connection_count(), 0);
     }
 
@@ -354,7 +354,7 @@ mod tests {
         r.register(ident("c", "b"), "b").unwrap();
         let mut counts = std::collections::HashMap::new();
         for _ in 0..100 {
-            let lease = r.pick_cluster(&id("c")).unwrap();
+            let lease = r.pick_cluster("c").unwrap();
             *counts.entry(lease.tunnel().handle).or_insert(0) += 1;
         }
         assert_eq!(counts["a"], 50);
@@ -366,13 +366,13 @@ mod tests {
         let r = Registry::default();
         r.register(ident("c", "a"), "a").unwrap();
         r.register(ident("c", "b"), "b").unwrap();
-        let held: Vec<_> = (0..2).map(|_| r.pick_node(&id("a")).unwrap()).collect();
+        let held: Vec<_> = (0..2).map(|_| r.pick_node("a").unwrap()).collect();
         for _ in 0..10 {
-            assert_eq!(r.pick_cluster(&id("c")).unwrap().tunnel().handle, "b");
+            assert_eq!(r.pick_cluster("c").unwrap().tunnel().handle, "b");
         }
         drop(held);
-        let a = r.pick_cluster(&id("c")).unwrap();
-        let b = r.pick_cluster(&id("c")).unwrap();
+        let a = r.pick_cluster("c").unwrap();
+        let b = r.pick_cluster("c").unwrap();
         assert_ne!(a.tunnel().handle, b.tunnel().handle);
     }
 
@@ -381,8 +381,8 @@ mod tests {
         let r = Registry::default();
         let t1 = r.register(ident("c", "a"), 1).unwrap();
         let t2 = r.register(ident("c", "a"), 2).unwrap();
-        let l1 = r.pick_node(&id("a")).unwrap();
-        let l2 = r.pick_node(&id("a")).unwrap();
+        let l1 = r.pick_node("a").unwrap();
+        let l2 = r.pick_node("a").unwrap();
         assert_ne!(l1.tunnel().conn_id, l2.tunnel().conn_id);
         assert_eq!(t1.open_streams() + t2.open_streams(), 2);
         drop((l1, l2));
@@ -398,15 +398,15 @@ mod tests {
         r.register(ident("c", "b"), "b").unwrap();
         a1.set_draining();
         for _ in 0..10 {
-            assert_eq!(r.pick_node(&id("a")).unwrap().tunnel().handle, "a2");
+            assert_eq!(r.pick_node("a").unwrap().tunnel().handle, "a2");
         }
         a2.set_draining();
         assert!(
-            r.pick_node(&id("a")).is_none(),
+            r.pick_node("a").is_none(),
             "a fully draining node is not a target"
         );
         for _ in 0..10 {
-            assert_eq!(r.pick_cluster(&id("c")).unwrap().tunnel().handle, "b");
+            assert_eq!(r.pick_cluster("c").unwrap().tunnel().handle, "b");
         }
     }
 
@@ -418,6 +418,6 @@ mod tests {
             r.register(ident("d", "a"), ()),
             Err(RegisterError::ClusterConflict { .. })
         ));
-        assert!(r.pick_cluster(&id("d")).is_none());
+        assert!(r.pick_cluster("d").is_none());
     }
 }
