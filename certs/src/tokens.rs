@@ -197,8 +197,8 @@ mod tests {
     use crate::ca::days;
     use crate::files::Overwrite;
 
-    #[test]
-    fn tokens_are_single_use_even_when_raced() {
+    /// A fresh CA, its token store, and one token for node n1 of cluster c.
+    fn fixture() -> (tempfile::TempDir, Ca, TokenStore, Token) {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::init(
             dir.path(),
@@ -208,14 +208,16 @@ mod tests {
         )
         .unwrap();
         let store = TokenStore::new(tokens_dir(dir.path()));
+        let (node, cluster) = (Id::new("n1").unwrap(), Id::new("c").unwrap());
         let token = store
-            .create(
-                &ca,
-                Id::new("n1").unwrap(),
-                Id::new("c").unwrap(),
-                Duration::from_secs(60),
-            )
+            .create(&ca, node, cluster, Duration::from_secs(60))
             .unwrap();
+        (dir, ca, store, token)
+    }
+
+    #[test]
+    fn tokens_are_single_use_even_when_raced() {
+        let (_dir, ca, store, token) = fixture();
         let record = store.check(&token, &ca.fingerprint()).unwrap();
         assert_eq!(record.node.as_str(), "n1");
 
@@ -238,23 +240,7 @@ mod tests {
 
     #[test]
     fn wrong_ca_wrong_secret_and_revoked_tokens_are_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::init(
-            dir.path(),
-            "tether.local",
-            days(1).unwrap(),
-            Overwrite::Refuse,
-        )
-        .unwrap();
-        let store = TokenStore::new(tokens_dir(dir.path()));
-        let token = store
-            .create(
-                &ca,
-                Id::new("n1").unwrap(),
-                Id::new("c").unwrap(),
-                Duration::from_secs(60),
-            )
-            .unwrap();
+        let (_dir, ca, store, token) = fixture();
         assert_eq!(
             store.check(&token, &[0; 32]).unwrap_err().0,
             EnrollError::WrongCa

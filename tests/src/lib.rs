@@ -309,6 +309,17 @@ impl Relay {
         format!("http://{}{path}", self.ingress)
     }
 
+    /// `GET path` through the ingress, routed by `header: value` (`x-node-id`,
+    /// `x-cluster-id`).
+    pub async fn get(&self, header: &str, value: &str, path: &str) -> reqwest::Response {
+        client()
+            .get(self.url(path))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path} with {header}: {value}: {e}"))
+    }
+
     /// URL on the admin listener.
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{path}", self.admin)

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use tether_e2e::{certs, client, Agent, Pki, World};
+use tether_e2e::{certs, Agent, Pki, World};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_with_bad_certificates_are_refused_in_the_handshake() {
@@ -49,12 +49,7 @@ async fn agents_with_bad_certificates_are_refused_in_the_handshake() {
             format!("tether_relay_handshakes_total{{result=\"Refused\",reason=\"{reason}\"}}");
         assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
     }
-    let r = client()
-        .get(w.relay.url("/"))
-        .header("x-node-id", "node-x")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-x", "/").await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["x-tether-error"], "no-tunnel");
     intruder.proc.kill();

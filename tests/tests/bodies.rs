@@ -13,12 +13,10 @@ async fn ten_mib_up_and_down_keep_their_sha256() {
     // Download: the sample service's deterministic pattern.
     let expected: Vec<u8> = (0..TEN_MIB).map(|i| (i % 251) as u8).collect();
     for chunked in ["", "?chunked=1"] {
-        let r = http
-            .get(w.relay.url(&format!("/bytes/{TEN_MIB}{chunked}")))
-            .header("x-node-id", "node-a")
-            .send()
-            .await
-            .unwrap();
+        let r = w
+            .relay
+            .get("x-node-id", "node-a", &format!("/bytes/{TEN_MIB}{chunked}"))
+            .await;
         assert_eq!(r.status(), 200);
         let body = r.bytes().await.unwrap();
         assert_eq!(body.len(), TEN_MIB);

@@ -48,12 +48,7 @@ async fn token_enrolls_an_agent_that_then_serves_requests() {
     w.relay
         .wait_connections("node-e", 1, Duration::from_secs(15))
         .await;
-    let r = client()
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-e")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-e", "/info").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-service"], "svc-e");
 }
@@ -241,12 +236,7 @@ async fn renewal_swaps_the_certificate_without_cutting_a_stream() {
     w.relay
         .wait_connections("node-n", 1, Duration::from_secs(10))
         .await;
-    let r = client()
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-n")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-n", "/info").await;
     assert_eq!(r.status(), 200);
 }
 
@@ -287,12 +277,7 @@ async fn revocation_kicks_every_live_tunnel_of_the_node_within_five_seconds() {
         .await;
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    let r = client()
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-k")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-k", "/info").await;
     assert_eq!(r.status(), 503);
     // Reconnecting is refused in the handshake, and the agent says why.
     w.relay.proc.wait_for("revoked", Duration::from_secs(10));

@@ -12,22 +12,11 @@ use tether_e2e::{client, get_text, Sample, World};
 async fn metrics_health_and_registry_api() {
     let w = World::new();
     let a = w.site("node-a", "west", 2).await;
-    let http = client();
     for _ in 0..5 {
-        let r = http
-            .get(w.relay.url("/bytes/1000"))
-            .header("x-cluster-id", "west")
-            .send()
-            .await
-            .unwrap();
+        let r = w.relay.get("x-cluster-id", "west", "/bytes/1000").await;
         assert_eq!(r.bytes().await.unwrap().len(), 1000);
     }
-    let r = http
-        .get(w.relay.url("/"))
-        .header("x-node-id", "ghost")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "ghost", "/").await;
     assert_eq!(r.status(), 503);
 
     assert_eq!(get_text(&w.relay.admin_url("/healthz")).await.0, 200);
@@ -168,7 +157,6 @@ async fn reload_changes_routes_and_routing_without_dropping_tunnels() {
     let w = World::new();
     let a = w.site("node-a", "west", 1).await;
     let other = Sample::start("svc-other");
-    let http = client();
     let conn_id = |nodes: serde_json::Value| nodes["nodes"][0]["connections"][0]["id"].clone();
     let before = conn_id(w.relay.nodes().await);
 
@@ -181,12 +169,7 @@ async fn reload_changes_routes_and_routing_without_dropping_tunnels() {
     a.agent
         .proc
         .wait_for("configuration reloaded", Duration::from_secs(10));
-    let r = http
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-a", "/info").await;
     assert_eq!(r.headers()["x-service"], "svc-other");
 
     // A broken config is refused and the running one stays.
@@ -195,12 +178,7 @@ async fn reload_changes_routes_and_routing_without_dropping_tunnels() {
     a.agent
         .proc
         .wait_for("configuration reload refused", Duration::from_secs(10));
-    let r = http
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-a", "/info").await;
     assert_eq!(r.headers()["x-service"], "svc-other");
 
     // Relay: rename the node header, picked up from the file change alone.
@@ -213,24 +191,14 @@ async fn reload_changes_routes_and_routing_without_dropping_tunnels() {
     w.relay
         .proc
         .wait_for("configuration reloaded", Duration::from_secs(10));
-    let r = http
-        .get(w.relay.url("/info"))
-        .header("x-target", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-target", "node-a", "/info").await;
     assert_eq!(r.status(), 200);
     std::fs::write(&w.relay.config, "[ingress]\nlisten = 12").unwrap();
     w.relay.proc.signal(libc::SIGHUP);
     w.relay
         .proc
         .wait_for("configuration reload refused", Duration::from_secs(10));
-    let r = http
-        .get(w.relay.url("/info"))
-        .header("x-target", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-target", "node-a", "/info").await;
     assert_eq!(r.status(), 200);
 
     assert_eq!(

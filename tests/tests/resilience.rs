@@ -10,14 +10,15 @@ async fn agent_killed_mid_response_cuts_that_body_and_others_keep_working() {
     let w = World::new();
     let mut a = w.site("node-a", "west", 1).await;
     let _b = w.site("node-b", "west", 1).await;
-    let http = client();
 
-    let mut r = http
-        .get(w.relay.url("/stream?chunks=200&interval_ms=50&size=1024"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let mut r = w
+        .relay
+        .get(
+            "x-node-id",
+            "node-a",
+            "/stream?chunks=200&interval_ms=50&size=1024",
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let first = r.chunk().await.unwrap().expect("first chunk");
     assert!(!first.is_empty());
@@ -43,19 +44,9 @@ async fn agent_killed_mid_response_cuts_that_body_and_others_keep_working() {
     assert!(started.elapsed() < Duration::from_secs(15));
 
     // Other agents are unaffected, and new requests for the dead node fail fast.
-    let r = http
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-b")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-b", "/info").await;
     assert_eq!(r.status(), 200);
-    let r = http
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-a", "/info").await;
     assert!(r.status() == 502 || r.status() == 503, "{}", r.status());
 }
 
@@ -63,13 +54,7 @@ async fn agent_killed_mid_response_cuts_that_body_and_others_keep_working() {
 async fn agent_reconnects_after_relay_restart() {
     let mut w = World::new();
     let _a = w.site("node-a", "west", 2).await;
-    let http = client();
-    let r = http
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-a", "/info").await;
     assert_eq!(r.status(), 200);
 
     assert_eq!(
@@ -83,12 +68,7 @@ async fn agent_reconnects_after_relay_restart() {
 
     let deadline = restarted + Duration::from_secs(5);
     loop {
-        let r = http
-            .get(w.relay.url("/info"))
-            .header("x-node-id", "node-a")
-            .send()
-            .await
-            .unwrap();
+        let r = w.relay.get("x-node-id", "node-a", "/info").await;
         if r.status() == 200 {
             break;
         }
@@ -110,12 +90,7 @@ async fn agent_recovers_from_a_relay_crash() {
     w.relay
         .wait_connections("node-a", 1, Duration::from_secs(8))
         .await;
-    let r = client()
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-a", "/info").await;
     assert_eq!(r.status(), 200);
 }
 
@@ -123,15 +98,9 @@ async fn agent_recovers_from_a_relay_crash() {
 async fn slow_and_unreachable_upstreams_get_their_own_errors() {
     let w = World::with_ingress("request_timeout = \"1s\"");
     let _a = w.site("node-a", "west", 1).await;
-    let http = client();
 
     let started = Instant::now();
-    let r = http
-        .get(w.relay.url("/slow?ms=5000"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-a", "/slow?ms=5000").await;
     assert_eq!(r.status(), 504);
     assert_eq!(r.headers()["x-tether-error"], "timeout");
     assert!(started.elapsed() < Duration::from_secs(4));
@@ -154,12 +123,7 @@ async fn slow_and_unreachable_upstreams_get_their_own_errors() {
     w.relay
         .wait_connections("node-dead", 1, Duration::from_secs(15))
         .await;
-    let r = http
-        .get(w.relay.url("/x"))
-        .header("x-node-id", "node-dead")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-dead", "/x").await;
     assert_eq!(r.status(), 502);
     assert_eq!(r.headers()["x-tether-error"], "upstream-unreachable");
     let body: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
@@ -172,12 +136,7 @@ async fn slow_and_unreachable_upstreams_get_their_own_errors() {
     );
 
     // The tunnel itself is fine afterwards.
-    let r = http
-        .get(w.relay.url("/info"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-a", "/info").await;
     assert_eq!(r.status(), 200);
 }
 

@@ -13,12 +13,7 @@ async fn node_header_reaches_that_node_and_cluster_spreads_over_both() {
     let http = client();
 
     for _ in 0..10 {
-        let r = http
-            .get(w.relay.url("/info"))
-            .header("x-node-id", "node-a")
-            .send()
-            .await
-            .unwrap();
+        let r = w.relay.get("x-node-id", "node-a", "/info").await;
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["x-service"], "svc-node-a");
     }
@@ -34,12 +29,7 @@ async fn node_header_reaches_that_node_and_cluster_spreads_over_both() {
 
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..100 {
-        let r = http
-            .get(w.relay.url("/info"))
-            .header("x-cluster-id", "west")
-            .send()
-            .await
-            .unwrap();
+        let r = w.relay.get("x-cluster-id", "west", "/info").await;
         assert_eq!(r.status(), 200);
         let svc = r.headers()["x-service"].to_str().unwrap().to_owned();
         *seen.entry(svc).or_default() += 1;
@@ -55,12 +45,7 @@ async fn node_header_reaches_that_node_and_cluster_spreads_over_both() {
     );
 
     // The service sees who called, through which proxy hop, with the caller's Host.
-    let r = http
-        .get(w.relay.url("/info?q=1"))
-        .header("x-node-id", "node-a")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "node-a", "/info?q=1").await;
     let info: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
     assert_eq!(info["path"], "/info?q=1");
     assert_eq!(info["headers"]["x-forwarded-for"], "127.0.0.1");
@@ -125,12 +110,7 @@ async fn routing_errors_are_immediate_and_explained() {
     let http = client();
 
     let started = Instant::now();
-    let r = http
-        .get(w.relay.url("/"))
-        .header("x-node-id", "ghost")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-node-id", "ghost", "/").await;
     assert!(
         started.elapsed() < Duration::from_secs(1),
         "no-tunnel must answer at once"
@@ -141,12 +121,7 @@ async fn routing_errors_are_immediate_and_explained() {
     assert_eq!(body["error"], "no-tunnel");
     assert!(body["detail"].as_str().unwrap().contains("ghost"));
 
-    let r = http
-        .get(w.relay.url("/"))
-        .header("x-cluster-id", "ghosts")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-cluster-id", "ghosts", "/").await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["x-tether-error"], "no-tunnel");
 
@@ -155,20 +130,10 @@ async fn routing_errors_are_immediate_and_explained() {
     assert_eq!(r.headers()["x-tether-error"], "no-route-header");
 
     for bad in ["Node-A", "a_b", "x".repeat(64).as_str(), "a/b"] {
-        let r = http
-            .get(w.relay.url("/"))
-            .header("x-node-id", bad)
-            .send()
-            .await
-            .unwrap();
+        let r = w.relay.get("x-node-id", bad, "/").await;
         assert_eq!(r.status(), 400, "{bad}");
         assert_eq!(r.headers()["x-tether-error"], "bad-id", "{bad}");
     }
-    let r = http
-        .get(w.relay.url("/"))
-        .header("x-cluster-id", "")
-        .send()
-        .await
-        .unwrap();
+    let r = w.relay.get("x-cluster-id", "", "/").await;
     assert_eq!(r.headers()["x-tether-error"], "bad-id");
 }
