@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tether_proto::admin::AdminConfig;
 use tether_proto::logging::LogConfig;
+use tether_proto::runtime::RuntimeConfig;
 
 use crate::enroll::IdentityFiles;
 
@@ -38,6 +39,8 @@ pub struct Config {
     /// Admin HTTP listener: /healthz, /readyz, /metrics.
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// Scheduler shape: worker threads (read once at start).
+    pub runtime: RuntimeConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -62,6 +65,7 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(30),
             admin: AdminConfig::on(([127, 0, 0, 1], 9091).into()),
             log: LogConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }

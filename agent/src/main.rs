@@ -165,9 +165,7 @@ fn main() -> Result<()> {
     if routes.is_empty() {
         warn!("no routes configured: every request will be answered 404 no-route");
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = cfg.runtime.build("tether-agent")?;
     rt.block_on(run(cfg, routes, metrics, source))
 }
 

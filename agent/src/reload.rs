@@ -53,6 +53,9 @@ fn apply(agent: &Agent, source: &Source) -> Result<()> {
             "`connections` changes on restart only"
         );
     }
+    if cfg.runtime != old.runtime {
+        warn!("`runtime` changes on restart only");
+    }
     agent.service.routes.store(Arc::new(routes));
     agent.cfg.store(Arc::new(cfg));
     Ok(())

@@ -267,7 +267,13 @@ async fn run(args: RunArgs) -> Result<()> {
         }
     };
     if want("latency") || want("throughput") || want("bulk") {
-        match start_targets(&args, &env, &pki, &mut rep).await {
+        // The processes under test inherit this CPU mask, as they would under taskset or
+        // in a container with that many CPUs: tokio-based ones (Tether, rathole) size
+        // their worker pools from it. Later scenarios re-pin them as they need.
+        self_pin(&cpu.sut);
+        let started = start_targets(&args, &env, &pki, &mut rep).await;
+        self_pin(&cpu.all);
+        match started {
             Ok(targets) => {
                 if want("latency") {
                     let r = latency(&args, &cpu, &targets, &mut rep).await;

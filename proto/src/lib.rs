@@ -15,6 +15,7 @@ pub mod headers;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
+pub mod runtime;
 pub mod signals;
 pub mod tls;
 pub mod wire;

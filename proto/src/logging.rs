@@ -37,7 +37,10 @@ pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
 /// the stderr lock shared by every request.
 pub fn init(cfg: &LogConfig) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Buffered: the writer thread drains every queued line into the buffer and flushes
+    // once the queue is empty, so a burst of requests costs one write(2), not one each.
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(stderr);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use tether_proto::admin::AdminConfig;
 use tether_proto::headers::{DEFAULT_CLUSTER_HEADER, DEFAULT_NODE_HEADER};
 use tether_proto::logging::LogConfig;
+use tether_proto::runtime::RuntimeConfig;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -18,6 +19,8 @@ pub struct Config {
     /// Admin HTTP listener: health, metrics, the registry as JSON, the status page.
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// Scheduler shape: worker threads (read once at start).
+    pub runtime: RuntimeConfig,
 }
 
 /// Enrollment and renewal of agent certificates (on when `ca_key` is set).
@@ -55,6 +58,7 @@ impl Default for Config {
             enroll: EnrollConfig::default(),
             admin: AdminConfig::on(([127, 0, 0, 1], 9090).into()),
             log: LogConfig::default(),
+            runtime: RuntimeConfig::default(),
         }
     }
 }

@@ -85,9 +85,7 @@ fn main() -> Result<()> {
     };
     let cfg: Config = source.load().context("invalid relay configuration")?;
     let _log = tether_proto::logging::init(&cfg.log);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = cfg.runtime.build("tether-relay")?;
     let result = rt.block_on(run(cfg, source));
     if let Err(e) = &result {
         tracing::error!(error = %format!("{e:#}"), "relay failed");

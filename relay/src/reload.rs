@@ -3,7 +3,7 @@
 //! apply to the next request, certificates to the next handshake, enrollment settings to
 //! the next enrollment; tunnels and requests in flight are untouched. A config that does
 //! not load is refused with a log line and the old one stays in force. Listen addresses
-//! change on restart only.
+//! and the runtime's shape change on restart only.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -73,6 +73,7 @@ impl Live {
                 "admin",
                 old.admin.listen != cfg.admin.listen || old.admin.enabled != cfg.admin.enabled,
             ),
+            ("runtime", old.runtime != cfg.runtime),
             (
                 "tunnel.revocations",
                 old.tunnel.revocations_path() != cfg.tunnel.revocations_path(),
