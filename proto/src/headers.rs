@@ -28,6 +28,15 @@ const HOP_BY_HOP: [&str; 7] = [
 /// kept (HTTP/2 and HTTP/3 allow exactly that value), so callers that accept trailers
 /// still get them end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most heads carry none of them: one pass over the few names present is far cheaper
+    // than a parse-and-hash `remove` per hop-by-hop name (measured: ~2 % of the agent's
+    // CPU per request before this check).
+    if !headers
+        .keys()
+        .any(|n| n == http::header::TE || HOP_BY_HOP.contains(&n.as_str()))
+    {
+        return;
+    }
     let te_trailers = headers
         .get(http::header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));

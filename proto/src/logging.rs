@@ -30,17 +30,14 @@ impl Default for LogConfig {
 
 /// Keeps the log writer running; logs still buffered are written when it drops, so hold
 /// it until the process ends.
-pub type LogGuard = tracing_appender::non_blocking::WorkerGuard;
+pub type LogGuard = crate::log_writer::FlushGuard;
 
 /// Installs the global subscriber. Logs go to stderr (stdout stays for program output)
-/// through a background writer: a request's log line is a queue push, never a wait on
-/// the stderr lock shared by every request.
+/// through [`crate::log_writer`]: a request's log line is a copy into a buffer, never a
+/// wait on stderr nor a wake-up of another thread.
 pub fn init(cfg: &LogConfig) -> LogGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    // Buffered: the writer thread drains every queued line into the buffer and flushes
-    // once the queue is empty, so a burst of requests costs one write(2), not one each.
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking(stderr);
+    let (writer, guard) = crate::log_writer::spawn(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer);
