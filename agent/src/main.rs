@@ -16,6 +16,7 @@ mod routes;
 mod serve;
 mod tls;
 mod tunnel;
+mod upstream;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,7 +32,7 @@ use tether_proto::admin::{self, AdminResponse};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::routes::Routes;
-use crate::serve::{upstream_client, Service};
+use crate::serve::Service;
 
 /// mimalloc instead of the system allocator: glibc malloc/free were about 12 % of the
 /// CPU per request under load (perf), mostly short-lived per-request buffers; measured
@@ -204,7 +205,7 @@ async fn run(
     let admin_cfg = cfg.admin.clone();
     let service = Arc::new(Service {
         routes: ArcSwap::from_pointee(routes),
-        client: upstream_client(cfg.upstream_connect_timeout),
+        connect_timeout: cfg.upstream_connect_timeout,
     });
     let cfg = Arc::new(cfg);
     let agent = Arc::new(tunnel::Agent {

@@ -1,31 +1,27 @@
 //! The agent's route table: an allowlist of local services chosen by longest path prefix.
 //! A request that matches no route reaches nothing.
 
+use std::sync::Arc;
+
 use http::uri::{Authority, Scheme};
 use http::Uri;
 
 use crate::config::RouteConfig;
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::serve::UpstreamBody;
+use crate::upstream::Pool;
 
 #[derive(Debug, Clone)]
 pub struct Route {
     pub prefix: String,
     /// Where matching requests go; the request path is appended unchanged.
     pub upstream: String,
-    scheme: Scheme,
-    authority: Authority,
+    /// `host:port` of the upstream: where the pool connects, and the `Host` of a request
+    /// that came without one.
+    pub authority: Authority,
+    /// Keep-alive connections to the upstream (a reload starts a fresh pool).
+    pub pool: Arc<Pool<UpstreamBody>>,
     pub metrics: RouteMetrics,
-}
-
-impl Route {
-    /// The upstream URI for a request path (path and query passed on unchanged).
-    pub fn target(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,8 +59,8 @@ impl Routes {
             routes.push(Route {
                 prefix: rc.prefix.clone(),
                 upstream: rc.upstream.clone(),
-                scheme: scheme.clone(),
                 authority: authority.clone(),
+                pool: Pool::new(authority.clone()),
                 metrics: metrics.for_route(&rc.prefix),
             });
         }
@@ -112,12 +108,8 @@ mod tests {
             "http://127.0.0.1:3001"
         );
         assert_eq!(
-            routes
-                .find("/downstream_service/a?b")
-                .unwrap()
-                .target("/downstream_service/a?b")
-                .unwrap(),
-            "http://127.0.0.1:3000/downstream_service/a?b"
+            routes.find("/downstream_service/a?b").unwrap().authority,
+            "127.0.0.1:3000"
         );
     }
 

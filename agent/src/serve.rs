@@ -1,5 +1,6 @@
 //! Serving one request stream from the relay: pick the route, forward to the local
-//! service with a pooled HTTP/1.1 client, and stream the response back up the tunnel.
+//! service over one of the route's pooled HTTP/1.1 connections, and stream the response
+//! back up the tunnel.
 
 use std::sync::Arc;
 
@@ -8,10 +9,7 @@ use bytes::Bytes;
 use h3::server::RequestResolver;
 use h3_quinn::{Connection, SendStream};
 use http::header::{HeaderValue, HOST};
-use http::{Request, Response};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http::{Request, Response, Uri};
 use tether_proto::control::CONTROL_PATH;
 use tether_proto::h3body::{pump, TunnelBody};
 use tether_proto::headers::strip_hop_by_hop;
@@ -23,24 +21,14 @@ use crate::routes::Routes;
 
 type Send = h3::server::RequestStream<SendStream<Bytes>, Bytes>;
 type Recv = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
-pub type UpstreamClient = Client<HttpConnector, TunnelBody<Recv>>;
-
-/// The pooled HTTP/1.1 client for local services.
-pub fn upstream_client(connect_timeout: std::time::Duration) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(connect_timeout));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(http)
-}
+/// A request body on its way to a local service: streamed from the tunnel.
+pub type UpstreamBody = TunnelBody<Recv>;
 
 /// Shared by every request of every tunnel connection.
 pub struct Service {
     /// Swapped whole on reload; a request keeps the table it started with.
     pub routes: ArcSwap<Routes>,
-    pub client: UpstreamClient,
+    pub connect_timeout: std::time::Duration,
 }
 
 /// Answers a Tether error (`x-tether-error` + JSON) on the stream.
@@ -97,18 +85,22 @@ async fn serve(
         let detail = format!("no agent route matches {}", parts.uri.path());
         return send_error(&mut send, ErrorCode::NoRoute, &detail).await;
     };
-    let target = match route.target(parts.uri.path_and_query().map_or("/", |p| p.as_str())) {
-        Ok(t) => t,
-        Err(e) => return send_error(&mut send, ErrorCode::NoRoute, &e.to_string()).await,
-    };
     // The caller's Host travels as :authority; give it to the local service unchanged.
-    if let Some(a) = parts.uri.authority() {
-        if let Ok(v) = HeaderValue::from_str(a.as_str()) {
-            parts.headers.insert(HOST, v);
-        }
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => None,
+    };
+    let host = host.or_else(|| HeaderValue::from_str(route.authority.as_str()).ok());
+    if let Some(v) = host {
+        parts.headers.insert(HOST, v);
     }
     strip_hop_by_hop(&mut parts.headers);
-    parts.uri = target;
+    // hyper writes the URI as given, and a server wants origin-form: path and query.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
     parts.version = http::Version::HTTP_11;
     let mut body = TunnelBody::new(recv, ());
     // A GET's end usually arrives with its head: then send it upstream with no body,
@@ -116,7 +108,7 @@ async fn serve(
     body.ended_already();
     let upstream_req = Request::from_parts(parts, body);
 
-    let resp = match service.client.request(upstream_req).await {
+    let (resp, conn) = match route.pool.send(upstream_req, service.connect_timeout).await {
         Ok(r) => r,
         Err(e) => {
             route.metrics.unreachable.inc();
@@ -133,6 +125,10 @@ async fn serve(
         return;
     }
     let result = pump(body, &mut send).await;
+    if result.is_ok() {
+        // The response was read to its end: the connection can carry the next request.
+        conn.release();
+    }
     route.metrics.durations.observe(status, started.elapsed());
     match result {
         Ok(bytes) => debug!(
