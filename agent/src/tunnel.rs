@@ -190,7 +190,10 @@ impl Agent {
             tokio::select! {
                 r = h3.accept() => match r {
                     Ok(Some(resolver)) => {
-                        in_flight.spawn(handle(self.service.clone(), resolver, control.clone()).in_current_span());
+                        // Boxed: the handler's future is ~4.8 KB, and spawning moves it
+                        // through several wrappers; a box moves as one pointer.
+                        let request = Box::pin(handle(self.service.clone(), resolver, control.clone()));
+                        in_flight.spawn(request.in_current_span());
                     }
                     Ok(None) => break Err("relay ended the connection".to_owned()),
                     Err(e) => {

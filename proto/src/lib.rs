@@ -13,6 +13,7 @@ pub mod error_code;
 pub mod h3body;
 pub mod headers;
 pub mod identity;
+pub mod log_fields;
 pub mod log_writer;
 pub mod logging;
 pub mod metrics;

@@ -42,7 +42,11 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
         .with_env_filter(filter)
         .with_writer(writer);
     match cfg.format {
-        LogFormat::Pretty => builder.with_ansi(false).compact().init(),
+        LogFormat::Pretty => builder
+            .fmt_fields(crate::log_fields::LogfmtFields)
+            .with_ansi(false)
+            .compact()
+            .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard

@@ -85,13 +85,14 @@ impl Drop for Completion {
         let t = self.lease.tunnel();
         // Fields spelled out rather than inherited: the per-request span is debug-level,
         // so this one line per request costs one event, not a span too.
+        // Strings as `&str`: the log format writes them directly (no `Display` pass).
         info!(
-            node = %t.identity.node,
-            cluster = %t.identity.cluster,
+            node = t.identity.node.as_str(),
+            cluster = t.identity.cluster.as_str(),
             conn = t.conn_id,
             stream = self.stream,
-            method = %self.method,
-            path = %self.path,
+            method = self.method.as_str(),
+            path = self.path.as_str(),
             status = self.status,
             duration_ms = elapsed.as_secs_f64() * 1e3,
             bytes_in,
