@@ -40,7 +40,8 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
     let (writer, guard) = crate::log_writer::spawn(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(writer)
+        .with_timer(crate::log_time::CachedSecondTime);
     match cfg.format {
         LogFormat::Pretty => builder
             .fmt_fields(crate::log_fields::LogfmtFields)

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
 use http_body::Body as _;
 use http_body_util::combinators::UnsyncBoxBody;
@@ -52,6 +53,9 @@ struct Completion {
     bytes_in: Arc<AtomicU64>,
     bytes_out: u64,
     complete: bool,
+    /// Body bytes the response head announced (0 for HEAD, 204 and 304). hyper stops
+    /// reading a body once it has written that many, so reaching it means complete.
+    expected: Option<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -67,7 +71,7 @@ impl Completion {
 impl BodyObserver for Completion {
     fn finished(&mut self, bytes: u64, complete: bool) {
         self.bytes_out = bytes;
-        self.complete = complete;
+        self.complete = complete || self.expected == Some(bytes);
     }
 }
 
@@ -94,7 +98,8 @@ impl Drop for Completion {
             method = self.method.as_str(),
             path = self.path.as_str(),
             status = self.status,
-            duration_ms = elapsed.as_secs_f64() * 1e3,
+            // Whole microseconds, so the line reads 0.412, not 0.41200000000000003.
+            duration_ms = elapsed.as_micros() as f64 / 1e3,
             bytes_in,
             bytes_out = self.bytes_out,
             complete = self.complete,
@@ -104,20 +109,38 @@ impl Drop for Completion {
     }
 }
 
+/// Who sent a request: one per ingress connection, so the `x-forwarded-for` value is
+/// built once per connection rather than once per request.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub addr: SocketAddr,
+    /// `addr`'s IP as a header value.
+    pub ip: HeaderValue,
+}
+
+impl Caller {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::try_from(addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Caller { addr, ip }
+    }
+}
+
 /// Rewrites the caller's request head for the tunnel: hop-by-hop headers out,
 /// `x-forwarded-*` in, and an absolute URI (HTTP/3 needs `:authority`).
-fn tunnel_head(parts: &mut http::request::Parts, remote: SocketAddr, fallback_host: &str) {
+fn tunnel_head(parts: &mut http::request::Parts, caller: &Caller, fallback_host: &str) {
     strip_hop_by_hop(&mut parts.headers);
-    let ip = remote.ip().to_string();
-    let xff = match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let xff = match parts.headers.get(&X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + caller.ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(caller.ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()
+        }
+        None => Some(caller.ip.clone()),
     };
-    if let Ok(v) = HeaderValue::try_from(xff) {
+    if let Some(v) = xff {
         parts.headers.insert(X_FORWARDED_FOR, v);
     }
     parts
@@ -125,34 +148,32 @@ fn tunnel_head(parts: &mut http::request::Parts, remote: SocketAddr, fallback_ho
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 
     let host = parts.headers.remove(HOST);
-    let authority = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            host.as_ref()
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_owned)
-        });
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let build = |authority: &str| {
-        Uri::builder()
-            .scheme("http")
-            .authority(authority)
-            .path_and_query(path)
-            .build()
+    let authority = match parts.uri.authority() {
+        Some(a) => Some(a.clone()),
+        None => host
+            .as_ref()
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
     };
-    parts.uri = authority
-        .and_then(|a| build(&a).ok())
-        .or_else(|| build(fallback_host).ok())
-        .unwrap_or_else(|| Uri::from_static("http://tether/"));
+    let authority = authority.or_else(|| Authority::try_from(fallback_host).ok());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = authority;
+    // The path is reused as parsed, not re-parsed from text.
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("http://tether/"));
     parts.version = Version::HTTP_3;
 }
 
 /// Sends `req` down the leased tunnel and returns the response to hand to the caller.
 pub async fn forward(
     lease: Lease<Link>,
-    remote: SocketAddr,
+    caller: &Caller,
     req: Request<Incoming>,
     timeout: Duration,
     started: Instant,
@@ -171,12 +192,13 @@ pub async fn forward(
         bytes_in: Arc::new(AtomicU64::new(0)),
         bytes_out: 0,
         complete: false,
+        expected: None,
         metrics,
     };
     let node = &tunnel.identity.node;
     let (mut parts, body) = req.into_parts();
     let caller_version = parts.version;
-    tunnel_head(&mut parts, remote, node.as_str());
+    tunnel_head(&mut parts, caller, node.as_str());
 
     let mut sender = tunnel.handle.sender.clone();
     let stream = match sender.send_request(Request::from_parts(parts, ())).await {
@@ -251,6 +273,7 @@ pub async fn forward(
     };
     let (mut head, ()) = head.into_parts();
     strip_hop_by_hop(&mut head.headers);
+    done.expected = expected_body_len(&done.method, &head);
     // hyper answers in the caller's protocol and insists the head says so.
     head.version = caller_version;
     done.status = head.status.as_u16();
@@ -269,9 +292,50 @@ pub async fn forward(
     Response::from_parts(head, body)
 }
 
+/// The response body length the caller will get, when the head fixes it.
+fn expected_body_len(method: &http::Method, head: &http::response::Parts) -> Option<u64> {
+    use http::StatusCode;
+    if method == http::Method::HEAD
+        || head.status == StatusCode::NO_CONTENT
+        || head.status == StatusCode::NOT_MODIFIED
+    {
+        return Some(0);
+    }
+    head.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn expected_length_comes_from_the_head() {
+        let head = |status: u16, len: Option<&str>| {
+            let mut b = Response::builder().status(status);
+            if let Some(l) = len {
+                b = b.header("content-length", l);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        let get = http::Method::GET;
+        assert_eq!(
+            expected_body_len(&get, &head(200, Some("1024"))),
+            Some(1024)
+        );
+        assert_eq!(expected_body_len(&get, &head(200, None)), None);
+        assert_eq!(expected_body_len(&get, &head(200, Some("x"))), None);
+        assert_eq!(expected_body_len(&get, &head(204, None)), Some(0));
+        assert_eq!(expected_body_len(&get, &head(304, Some("99"))), Some(0));
+        assert_eq!(
+            expected_body_len(&http::Method::HEAD, &head(200, Some("1024"))),
+            Some(0)
+        );
+    }
 
     #[test]
     fn head_gets_forwarding_headers_and_an_authority() {
@@ -283,7 +347,11 @@ mod tests {
             .body(())
             .unwrap();
         let (mut parts, ()) = req.into_parts();
-        tunnel_head(&mut parts, "127.0.0.1:5555".parse().unwrap(), "node-a");
+        tunnel_head(
+            &mut parts,
+            &Caller::new("127.0.0.1:5555".parse().unwrap()),
+            "node-a",
+        );
         assert_eq!(parts.uri, "http://svc.example:8080/a/b?c=1");
         assert!(!parts.headers.contains_key("host"));
         assert!(!parts.headers.contains_key("connection"));
@@ -294,7 +362,11 @@ mod tests {
     #[test]
     fn missing_host_falls_back_to_the_node() {
         let (mut parts, ()) = Request::builder().uri("/").body(()).unwrap().into_parts();
-        tunnel_head(&mut parts, "127.0.0.1:1".parse().unwrap(), "node-a");
+        tunnel_head(
+            &mut parts,
+            &Caller::new("127.0.0.1:1".parse().unwrap()),
+            "node-a",
+        );
         assert_eq!(parts.uri, "http://node-a/");
     }
 }

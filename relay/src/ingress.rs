@@ -2,7 +2,6 @@
 //! Picks the tunnel from the routing headers and hands the request to [`forward`].
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, debug_span, info, warn, Instrument};
 
 use crate::config::IngressConfig;
-use crate::forward::{error_response, forward, RespBody};
+use crate::forward::{error_response, forward, Caller, RespBody};
 use crate::metrics::Metrics;
 use crate::registry::Lease;
 use crate::tunnel::{Link, TunnelRegistry};
@@ -96,7 +95,7 @@ impl Router {
         ))
     }
 
-    async fn handle(&self, remote: SocketAddr, req: Request<Incoming>) -> Response<RespBody> {
+    async fn handle(&self, caller: &Caller, req: Request<Incoming>) -> Response<RespBody> {
         let started = Instant::now();
         let routed = self.route(req.headers());
         self.metrics.observe_pick(started.elapsed());
@@ -105,7 +104,7 @@ impl Router {
             Err((code, detail)) => {
                 self.metrics.error(code);
                 info!(
-                    %remote,
+                    remote = %caller.addr,
                     status = code.status().as_u16(),
                     error = code.as_str(),
                     detail,
@@ -128,7 +127,7 @@ impl Router {
         );
         forward(
             lease,
-            remote,
+            caller,
             req,
             self.timeout,
             started,
@@ -163,12 +162,14 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let router = router.clone();
+        let caller = Arc::new(Caller::new(remote));
         let svc = service_fn(move |req| {
             let router = router.clone();
+            let caller = caller.clone();
             async move {
                 // The router in force when the request arrives serves it to the end.
                 let router = router.load_full();
-                Ok::<_, Infallible>(router.handle(remote, req).await)
+                Ok::<_, Infallible>(router.handle(&caller, req).await)
             }
         });
         let conn = builder

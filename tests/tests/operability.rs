@@ -19,6 +19,26 @@ async fn metrics_health_and_registry_api() {
     let r = w.relay.get("x-node-id", "ghost", "/").await;
     assert_eq!(r.status(), 503);
 
+    // One access-log line per request, logfmt-style, complete when the body was.
+    let line = w
+        .relay
+        .proc
+        .wait_for("path=/bytes/1000", Duration::from_secs(5));
+    for field in [
+        "request node=node-a cluster=west",
+        "method=GET",
+        "status=200",
+        "bytes_out=1000",
+        "complete=true",
+    ] {
+        assert!(line.contains(field), "missing {field} in {line}");
+    }
+    let line = w
+        .relay
+        .proc
+        .wait_for("error=no-tunnel", Duration::from_secs(5));
+    assert!(line.contains("status=503"), "{line}");
+
     assert_eq!(get_text(&w.relay.admin_url("/healthz")).await.0, 200);
     assert_eq!(get_text(&w.relay.admin_url("/readyz")).await.0, 200);
     let (status, metrics) = get_text(&w.relay.admin_url("/metrics")).await;
