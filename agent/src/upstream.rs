@@ -8,6 +8,8 @@
 //! exchange failed or was cut is dropped, never reused. A request that an idle connection
 //! refuses unsent (the service closed it at its keep-alive timeout) goes to the next one
 //! or to a new connection: no byte of it was written, so retrying is safe for any method.
+//! Connections idle for longer than [`IDLE_TIMEOUT`] are closed by a reaper task that
+//! lives as long as the pool.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,12 +49,22 @@ struct Idle<B> {
 pub struct Pool<B> {
     authority: Authority,
     idle: Mutex<VecDeque<Idle<B>>>,
+    idle_timeout: Duration,
+    /// Started with the first connection (pools are built outside the runtime).
+    reaper: std::sync::Once,
 }
 
 impl<B> Pool<B> {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<B>>> {
         // A panic while holding the lock leaves at worst a missing idle connection.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes idle connections past the timeout, and ones the service closed.
+    fn prune(&self) {
+        let timeout = self.idle_timeout;
+        self.lock()
+            .retain(|i| !i.sender.is_closed() && i.since.elapsed() <= timeout);
     }
 }
 
@@ -80,7 +92,7 @@ impl<B> Conn<B> {
         let mut idle = pool.lock();
         while idle
             .front()
-            .is_some_and(|i| i.since.elapsed() > IDLE_TIMEOUT)
+            .is_some_and(|i| i.since.elapsed() > pool.idle_timeout)
         {
             idle.pop_front();
         }
@@ -100,17 +112,44 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     pub fn new(authority: Authority) -> Arc<Self> {
+        Self::with_idle_timeout(authority, IDLE_TIMEOUT)
+    }
+
+    fn with_idle_timeout(authority: Authority, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Pool {
             authority,
             idle: Mutex::new(VecDeque::new()),
+            idle_timeout,
+            reaper: std::sync::Once::new(),
         })
+    }
+
+    /// Prunes the idle list every half timeout for as long as the pool exists (a reload
+    /// drops the old pools, and their reapers end at the next tick).
+    fn start_reaper(self: &Arc<Self>) {
+        self.reaper.call_once(|| {
+            let pool = Arc::downgrade(self);
+            let every = self.idle_timeout / 2;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match pool.upgrade() {
+                        Some(p) => p.prune(),
+                        None => return,
+                    }
+                }
+            });
+        });
     }
 
     /// The most recently used idle connection that is still fresh.
     fn take_idle(&self) -> Option<http1::SendRequest<B>> {
         let mut idle = self.lock();
         while let Some(i) = idle.pop_back() {
-            if !i.sender.is_closed() && i.since.elapsed() <= IDLE_TIMEOUT {
+            if !i.sender.is_closed() && i.since.elapsed() <= self.idle_timeout {
                 return Some(i.sender);
             }
         }
@@ -150,7 +189,11 @@ where
         }
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<http1::SendRequest<B>, UpstreamError> {
+    async fn connect(
+        self: &Arc<Self>,
+        timeout: Duration,
+    ) -> Result<http1::SendRequest<B>, UpstreamError> {
+        self.start_reaper();
         let addr = (
             self.authority.host(),
             self.authority.port_u16().unwrap_or(80),
@@ -291,6 +334,24 @@ mod tests {
             roundtrip(&pool, &format!("/{i}")).await.unwrap();
         }
         assert_eq!(accepted.load(Ordering::SeqCst), opened);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_after_the_timeout() {
+        let (authority, accepted) = service(true).await;
+        let pool = Pool::with_idle_timeout(authority, Duration::from_millis(200));
+        roundtrip(&pool, "/a").await.unwrap();
+        assert_eq!(pool.lock().len(), 1);
+        // Bounded: 100 polls of 20 ms; the reaper runs every 100 ms.
+        for _ in 0..100 {
+            if pool.lock().is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(pool.lock().is_empty(), "idle connection not reaped");
+        roundtrip(&pool, "/b").await.unwrap();
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
