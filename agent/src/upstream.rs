@@ -28,15 +28,17 @@ const MAX_IDLE: usize = 1024;
 /// An idle connection older than this is closed instead of reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Why a request did not get a response head from the service. The cause is the
+/// `source()`, so an error chain reads "tcp connect error: Connection refused".
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("tcp connect error: {0}")]
+    #[error("tcp connect error")]
     Connect(#[source] std::io::Error),
     #[error("tcp connect timed out after {0:?}")]
     ConnectTimeout(Duration),
-    #[error("HTTP/1.1 handshake failed: {0}")]
+    #[error("HTTP/1.1 handshake failed")]
     Handshake(#[source] hyper::Error),
-    #[error("{0}")]
+    #[error("HTTP/1.1 exchange failed")]
     Http(#[source] hyper::Error),
 }
 
@@ -366,5 +368,7 @@ mod tests {
         let pool: Arc<Pool<TestBody>> = Pool::new(format!("127.0.0.1:{port}").parse().unwrap());
         let err = roundtrip(&pool, "/").await.unwrap_err();
         assert!(matches!(err, UpstreamError::Connect(_)), "{err}");
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert!(cause.is_some_and(|c| c.contains("refused")), "{err:?}");
     }
 }
