@@ -11,6 +11,7 @@ use h3_quinn::{Connection, SendStream};
 use http::header::{HeaderValue, HOST};
 use http::{Request, Response, Uri};
 use tether_proto::control::CONTROL_PATH;
+use tether_proto::error_chain::error_chain;
 use tether_proto::h3body::{pump, TunnelBody};
 use tether_proto::headers::strip_hop_by_hop;
 use tether_proto::ErrorCode;
@@ -85,13 +86,10 @@ async fn serve(
         let detail = format!("no agent route matches {}", parts.uri.path());
         return send_error(&mut send, ErrorCode::NoRoute, &detail).await;
     };
-    // The caller's Host travels as :authority; give it to the local service unchanged.
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => None,
-    };
-    let host = host.or_else(|| HeaderValue::from_str(route.authority.as_str()).ok());
-    if let Some(v) = host {
+    // The caller's Host travels as :authority; give it to the local service unchanged
+    // (the upstream's own host:port when there is none).
+    let host = parts.uri.authority().unwrap_or(&route.authority);
+    if let Ok(v) = HeaderValue::from_str(host.as_str()) {
         parts.headers.insert(HOST, v);
     }
     strip_hop_by_hop(&mut parts.headers);
@@ -140,15 +138,4 @@ async fn serve(
         ),
         Err(e) => info!(status, error = %e, upstream = %route.upstream, "response cut"),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

@@ -91,13 +91,8 @@ impl<B> Conn<B> {
         if sender.is_closed() {
             return;
         }
+        // Expiry is the reaper's job (and `take_idle` skips stale ones).
         let mut idle = pool.lock();
-        while idle
-            .front()
-            .is_some_and(|i| i.since.elapsed() > pool.idle_timeout)
-        {
-            idle.pop_front();
-        }
         if idle.len() < MAX_IDLE {
             idle.push_back(Idle {
                 sender,
@@ -276,29 +271,28 @@ mod tests {
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
 
+    /// `n` requests one after another, each answered with its own path.
+    async fn sequential(pool: &Arc<Pool<TestBody>>, n: usize) {
+        for i in 0..n {
+            let path = format!("/{i}");
+            assert_eq!(
+                roundtrip(pool, &path).await.unwrap(),
+                format!("hello {path}")
+            );
+        }
+    }
+
     #[tokio::test]
     async fn sequential_requests_share_one_connection() {
         let (authority, accepted) = service(true).await;
-        let pool = Pool::new(authority);
-        for i in 0..20 {
-            assert_eq!(
-                roundtrip(&pool, &format!("/{i}")).await.unwrap(),
-                format!("hello /{i}")
-            );
-        }
+        sequential(&Pool::new(authority), 20).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
     async fn a_connection_the_service_closed_is_replaced() {
         let (authority, accepted) = service(false).await;
-        let pool = Pool::new(authority);
-        for i in 0..5 {
-            assert_eq!(
-                roundtrip(&pool, &format!("/{i}")).await.unwrap(),
-                format!("hello /{i}")
-            );
-        }
+        sequential(&Pool::new(authority), 5).await;
         assert_eq!(accepted.load(Ordering::SeqCst), 5);
     }
 
@@ -332,9 +326,7 @@ mod tests {
         let opened = accepted.load(Ordering::SeqCst);
         assert!((1..=8).contains(&opened), "{opened} connections");
         // They all came back: the next 8 sequential requests open nothing new.
-        for i in 0..8 {
-            roundtrip(&pool, &format!("/{i}")).await.unwrap();
-        }
+        sequential(&pool, 8).await;
         assert_eq!(accepted.load(Ordering::SeqCst), opened);
     }
 

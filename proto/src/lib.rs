@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod control;
 pub mod enroll;
+pub mod error_chain;
 pub mod error_code;
 pub mod h3body;
 pub mod headers;
