@@ -148,13 +148,12 @@ fn tunnel_head(parts: &mut http::request::Parts, caller: &Caller, fallback_host:
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 
     let host = parts.headers.remove(HOST);
-    let authority = match parts.uri.authority() {
-        Some(a) => Some(a.clone()),
-        None => host
-            .as_ref()
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok()),
-    };
-    let authority = authority.or_else(|| Authority::try_from(fallback_host).ok());
+    let authority = parts
+        .uri
+        .authority()
+        .cloned()
+        .or_else(|| Authority::try_from(host?.as_bytes()).ok())
+        .or_else(|| Authority::try_from(fallback_host).ok());
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
     uri.authority = authority;
