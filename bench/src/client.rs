@@ -186,7 +186,12 @@ pub async fn h2_latency(
                 let t = Instant::now();
                 let r = async {
                     send.ready().await?;
-                    let resp = send.send_request(get(&url, NODE)).await?;
+                    // HTTP/2 carries the authority in the URL; a Host header too is a
+                    // duplicate nginx rejects with 400.
+                    let req = Request::get(url.as_str())
+                        .header("x-node-id", NODE)
+                        .body(empty())?;
+                    let resp = send.send_request(req).await?;
                     let st = resp.status();
                     let body = resp.into_body().collect().await?.to_bytes();
                     if st != StatusCode::OK || body.len() != FIXED_LEN {

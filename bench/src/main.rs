@@ -7,6 +7,7 @@
 
 mod agents;
 mod client;
+mod link;
 mod loss;
 mod peers;
 mod procs;
@@ -92,6 +93,12 @@ struct RunArgs {
     /// Seconds per loss measurement.
     #[arg(long, default_value_t = 10)]
     loss_seconds: u64,
+    /// Packets lost on the loss scenario's link, percent, each way (the setting is 1).
+    #[arg(long, default_value_t = 1.0)]
+    loss_percent: f64,
+    /// Delay the loss scenario's link adds, milliseconds, each way.
+    #[arg(long, default_value_t = 20)]
+    loss_delay_ms: u64,
     /// Directory with tether-relay, tether-agent, tether-certs.
     #[arg(long, default_value = "target/release")]
     bin_dir: PathBuf,
@@ -734,7 +741,7 @@ async fn loss(
     pki: &std::path::Path,
     rep: &mut report::Report,
 ) -> Result<()> {
-    let missing: Vec<&str> = ["ip", "tc", "nginx"]
+    let missing: Vec<&str> = ["ip", "nginx"]
         .into_iter()
         .filter(|c| !procs::have(c))
         .collect();
@@ -742,20 +749,24 @@ async fn loss(
         rep.skip("loss", &format!("{} not installed", missing.join(", ")));
         return Ok(());
     }
-    let ns = match loss::Netns::create("1%", "20ms") {
+    let ns = match loss::Netns::create(args.loss_percent, Duration::from_millis(args.loss_delay_ms))
+    {
         Ok(ns) => ns,
         Err(e) => {
             rep.skip(
                 "loss",
-                &format!("cannot set up two network namespaces with a netem link here: {e:#}"),
+                &format!("cannot set up two network namespaces with a lossy link here: {e:#}"),
             );
             return Ok(());
         }
     };
     eprintln!(
-        "== loss: netns {} <-veth, netem 1% loss 20ms delay each way-> {}",
+        "== loss: netns {} <-{}% loss, {}ms delay each way-> {} ({})",
         loss::NS_RELAY,
-        loss::NS_AGENT
+        args.loss_percent,
+        args.loss_delay_ms,
+        loss::NS_AGENT,
+        ns.describe()
     );
     let (nr, na) = (
         loss::Netns::exec(loss::NS_RELAY),
@@ -814,6 +825,16 @@ async fn loss(
             "errors": v.iter().map(|x| x["errors"].as_u64().unwrap_or(0)).sum::<u64>(), "reps": v}),
         );
     }
+    if let Some((forwarded, dropped)) = ns.link_counts() {
+        rep.note(&format!(
+            "loss link: {}; it forwarded {forwarded} packets and dropped {dropped} ({:.2} %)",
+            ns.describe(),
+            100.0 * dropped as f64 / (forwarded + dropped).max(1) as f64
+        ));
+    }
+    out.insert("link".into(), json!(ns.describe()));
+    out.insert("loss_percent".into(), json!(args.loss_percent));
+    out.insert("delay_ms".into(), json!(args.loss_delay_ms));
     rep.set("loss", Value::Object(out));
     drop(_procs);
     drop(ns);

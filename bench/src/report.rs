@@ -260,15 +260,21 @@ impl Report {
             }
         }
         if let Some(l) = self.data.get("loss").and_then(Value::as_object) {
+            let f = |k: &str, d: f64| l.get(k).and_then(Value::as_f64).unwrap_or(d);
             let _ = writeln!(
                 s,
-                "\n### Loss: 1% loss + 20 ms delay each way, 64 concurrent GETs (ms)\n"
+                "\n### Loss: {}% loss + {} ms delay each way, 64 concurrent GETs (ms)\n",
+                f("loss_percent", 1.0),
+                f("delay_ms", 20.0)
             );
+            if let Some(link) = l.get("link").and_then(Value::as_str) {
+                let _ = writeln!(s, "Link: {link}.\n");
+            }
             let _ = writeln!(
                 s,
                 "| path | p50 | p99 | requests | errors |\n|---|---:|---:|---:|---:|"
             );
-            for (name, v) in l {
+            for (name, v) in l.iter().filter(|(_, v)| v.is_object()) {
                 let _ = writeln!(
                     s,
                     "| {name} | {:.1} | {:.1} | {} | {} |",
