@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tether_proto::admin::AdminConfig;
+use tether_proto::congestion::Congestion;
 use tether_proto::logging::LogConfig;
 use tether_proto::runtime::RuntimeConfig;
 
@@ -27,6 +28,9 @@ pub struct Config {
     pub key: Option<PathBuf>,
     /// Parallel QUIC connections kept open to the relay.
     pub connections: usize,
+    /// Congestion controller for what the agent sends (responses, downloads): `bbr`,
+    /// `cubic` or `newreno`. Applies from the next connection on.
+    pub congestion: Congestion,
     /// Allowlist of local services, longest prefix first.
     pub routes: Vec<RouteConfig>,
     /// How long to wait for a local service to accept a TCP connection.
@@ -60,6 +64,7 @@ impl Default for Config {
             cert: None,
             key: None,
             connections: 2,
+            congestion: Congestion::default(),
             routes: Vec::new(),
             upstream_connect_timeout: Duration::from_secs(5),
             drain_timeout: Duration::from_secs(30),

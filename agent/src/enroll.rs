@@ -17,6 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use tether_certs::files::{check_absent, write_atomic, Overwrite, Secrecy};
+use tether_proto::congestion::Congestion;
 use tether_proto::enroll::{
     fingerprint, EnrollRequest, EnrollResponse, Token, ALPN_ENROLL, MAX_MESSAGE,
 };
@@ -123,7 +124,8 @@ impl ServerCertVerifier for PinnedCaVerifier {
 fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport_config(Side::Agent));
+    // Enrollment is a few round trips; the controller hardly matters.
+    client.transport_config(transport_config(Side::Agent, Congestion::default()));
     Ok(client)
 }
 

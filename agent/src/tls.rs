@@ -23,6 +23,6 @@ pub fn client_config(cfg: &Config) -> Result<quinn::ClientConfig> {
     tls.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport_config(Side::Agent));
+    client.transport_config(transport_config(Side::Agent, cfg.congestion));
     Ok(client)
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use http::Response;
+use tether_proto::congestion::Congestion;
 use tether_proto::tls::{load_certs, load_key, load_roots, provider};
 use tether_proto::wire::{transport_config, Side, ALPN_TUNNEL};
 use tokio::sync::Semaphore;
@@ -24,7 +25,7 @@ pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<quinn::Client
     tls.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut c = quinn::ClientConfig::new(Arc::new(crypto));
-    c.transport_config(transport_config(Side::Agent));
+    c.transport_config(transport_config(Side::Agent, Congestion::default()));
     Ok(c)
 }
 

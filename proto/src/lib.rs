@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod congestion;
 pub mod control;
 pub mod enroll;
 pub mod error_chain;

@@ -6,6 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::congestion::Congestion;
+
 /// ALPN of the tunnel: HTTP/3 with reversed roles (agent = QUIC client + HTTP/3 server).
 pub const ALPN_TUNNEL: &[u8] = b"tether-h3/1";
 
@@ -41,8 +43,9 @@ pub enum Side {
     Agent,
 }
 
-/// The QUIC transport settings for one side of the tunnel.
-pub fn transport_config(side: Side) -> Arc<quinn::TransportConfig> {
+/// The QUIC transport settings for one side of the tunnel; `congestion` paces what this
+/// side sends.
+pub fn transport_config(side: Side, congestion: Congestion) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_idle_timeout(Some(
         IDLE_TIMEOUT.try_into().expect("idle timeout fits a VarInt"),
@@ -50,7 +53,8 @@ pub fn transport_config(side: Side) -> Arc<quinn::TransportConfig> {
     .keep_alive_interval(Some(KEEP_ALIVE))
     .stream_receive_window(STREAM_WINDOW.into())
     .receive_window(CONNECTION_WINDOW.into())
-    .send_window(CONNECTION_WINDOW as u64);
+    .send_window(CONNECTION_WINDOW as u64)
+    .congestion_controller_factory(congestion.factory());
     match side {
         // The agent accepts the relay's request streams and the relay's h3 control
         // streams (control, QPACK encoder/decoder).

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tether_proto::admin::AdminConfig;
+use tether_proto::congestion::Congestion;
 use tether_proto::headers::{DEFAULT_CLUSTER_HEADER, DEFAULT_NODE_HEADER};
 use tether_proto::logging::LogConfig;
 use tether_proto::runtime::RuntimeConfig;
@@ -78,6 +79,9 @@ pub struct TunnelConfig {
     /// Revocation list written by `tether-certs revoke`; defaults to `revoked.json` beside
     /// `ca`. Watched: changes apply without a restart.
     pub revocations: Option<PathBuf>,
+    /// Congestion controller for what the relay sends (requests, uploads): `bbr`,
+    /// `cubic` or `newreno`. Applies to connections made after a change.
+    pub congestion: Congestion,
 }
 
 impl TunnelConfig {
@@ -99,6 +103,7 @@ impl Default for TunnelConfig {
             key: "pki/relay.key".into(),
             trust_domain: None,
             revocations: None,
+            congestion: Congestion::default(),
         }
     }
 }

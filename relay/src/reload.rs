@@ -1,9 +1,9 @@
 //! Reloading the relay's configuration without dropping tunnels or requests in flight:
 //! on SIGHUP and whenever the config file changes. Routing settings (headers, timeout)
-//! apply to the next request, certificates to the next handshake, enrollment settings to
-//! the next enrollment; tunnels and requests in flight are untouched. A config that does
-//! not load is refused with a log line and the old one stays in force. Listen addresses
-//! and the runtime's shape change on restart only.
+//! apply to the next request, certificates and the congestion controller to the next
+//! handshake, enrollment settings to the next enrollment; tunnels and requests in flight
+//! are untouched. A config that does not load is refused with a log line and the old one
+//! stays in force. Listen addresses and the runtime's shape change on restart only.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -221,7 +221,7 @@ pub fn server_config(
     tls.max_early_data_size = 0;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(transport_config(Side::Relay));
+    server.transport_config(transport_config(Side::Relay, cfg.congestion));
     Ok(server)
 }
 

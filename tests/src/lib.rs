@@ -261,13 +261,24 @@ impl Relay {
     /// Starts a relay on OS-chosen ports; `extra_ingress` is appended to the `[ingress]`
     /// table and `tail` (more tables) to the file.
     pub fn start(pki: &Pki, work: &Path, extra_ingress: &str, tail: &str) -> Relay {
+        Relay::start_with_tunnel(pki, work, "", extra_ingress, tail)
+    }
+
+    /// As [`Relay::start`], with `extra_tunnel` lines in the `[tunnel]` table too.
+    pub fn start_with_tunnel(
+        pki: &Pki,
+        work: &Path,
+        extra_tunnel: &str,
+        extra_ingress: &str,
+        tail: &str,
+    ) -> Relay {
         let config = work.join("relay.toml");
         let pki_dir = pki.dir.display();
         std::fs::write(
             &config,
             format!(
                 "[tunnel]\nlisten = \"127.0.0.1:0\"\nca = \"{pki_dir}/ca.pem\"\n\
-                 cert = \"{pki_dir}/relay.pem\"\nkey = \"{pki_dir}/relay.key\"\n\n\
+                 cert = \"{pki_dir}/relay.pem\"\nkey = \"{pki_dir}/relay.key\"\n{extra_tunnel}\n\
                  [ingress]\nlisten = \"127.0.0.1:0\"\n{extra_ingress}\n\n\
                  [admin]\nlisten = \"127.0.0.1:0\"\n\n{tail}\n"
             ),
@@ -459,6 +470,14 @@ impl World {
         let pki = Pki::new(&dir.path().join("pki"));
         let tail = tail.replace("PKI", &pki.dir.display().to_string());
         let relay = Relay::start(&pki, dir.path(), extra_ingress, &tail);
+        World { dir, pki, relay }
+    }
+
+    /// A world whose relay config gets `extra_tunnel` lines in its `[tunnel]` table.
+    pub fn with_tunnel(extra_tunnel: &str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = Pki::new(&dir.path().join("pki"));
+        let relay = Relay::start_with_tunnel(&pki, dir.path(), extra_tunnel, "", "");
         World { dir, pki, relay }
     }
 

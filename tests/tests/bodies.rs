@@ -1,6 +1,8 @@
 //! Bodies and trailers stream through the tunnel intact, over HTTP/1.1 and h2c.
 
-use tether_e2e::{client, sha256_hex, World};
+use std::time::Duration;
+
+use tether_e2e::{client, sha256_hex, Agent, Sample, World};
 
 const TEN_MIB: usize = 10 * 1024 * 1024;
 
@@ -93,4 +95,51 @@ async fn h2c_callers_and_trailers_pass_through() {
         raw.contains("\r\n0\r\nx-trailer: done\r\n"),
         "trailer missing: {raw}"
     );
+}
+
+/// The loss-based controllers stay one setting away from the default BBR: a relay on
+/// `cubic` and an agent on `newreno` still carry bodies both ways intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_congestion_controllers_carry_bodies_intact() {
+    let w = World::with_tunnel("congestion = \"cubic\"");
+    let sample = Sample::start("svc-node-c");
+    let (cert, key) = w.pki.agent("node-c", "west");
+    let identity = format!(
+        "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncongestion = \"newreno\"\n",
+        w.pki.ca().display(),
+        cert.display(),
+        key.display()
+    );
+    let _agent = Agent::start_with_identity(
+        w.dir.path(),
+        "node-c",
+        &identity,
+        w.relay.tunnel,
+        1,
+        &[("/", &sample.url())],
+    );
+    w.relay
+        .wait_connections("node-c", 1, Duration::from_secs(15))
+        .await;
+
+    const ONE_MIB: usize = 1 << 20;
+    let r = w
+        .relay
+        .get("x-node-id", "node-c", &format!("/bytes/{ONE_MIB}"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let expected: Vec<u8> = (0..ONE_MIB).map(|i| (i % 251) as u8).collect();
+    assert_eq!(sha256_hex(&r.bytes().await.unwrap()), sha256_hex(&expected));
+
+    let upload: Vec<u8> = (0..ONE_MIB).map(|i| (i % 241) as u8).collect();
+    let r = client()
+        .post(w.relay.url("/upload"))
+        .header("x-node-id", "node-c")
+        .body(upload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["sha256"], sha256_hex(&upload));
 }
