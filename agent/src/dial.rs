@@ -2,8 +2,10 @@
 //! the same family, and start the QUIC handshake. Used by tunnels and by enrollment.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
+use tether_proto::udp_socket::TunnelRuntime;
 
 /// Starts a QUIC connection to `relay` (`host:port`). The endpoint must outlive the
 /// connection, so both are returned.
@@ -23,7 +25,14 @@ pub async fn dial(
         "0.0.0.0:0"
     }
     .parse()?;
-    let endpoint = quinn::Endpoint::client(bind).context("binding a UDP socket")?;
+    let socket = std::net::UdpSocket::bind(bind).context("binding a UDP socket")?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(TunnelRuntime),
+    )
+    .context("starting the QUIC endpoint")?;
     let connecting = endpoint
         .connect_with(client, addr, server_name)
         .with_context(|| format!("connecting to {addr}"))?;

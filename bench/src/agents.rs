@@ -79,7 +79,12 @@ pub async fn connect(
     let n_ep = total.div_ceil(1000).max(1);
     let mut endpoints = Vec::new();
     for _ in 0..n_ep {
-        endpoints.push(quinn::Endpoint::client("127.0.0.1:0".parse()?)?);
+        endpoints.push(quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            std::net::UdpSocket::bind("127.0.0.1:0")?,
+            Arc::new(tether_proto::udp_socket::TunnelRuntime),
+        )?);
     }
     let sem = Arc::new(Semaphore::new(parallel));
     let mut tasks = Vec::with_capacity(total);

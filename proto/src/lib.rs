@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod runtime;
 pub mod signals;
 pub mod tls;
+pub mod udp_socket;
 pub mod wire;
 
 pub use error_code::ErrorCode;

@@ -111,7 +111,7 @@ async fn run(cfg: Config, source: reload::Source) -> Result<()> {
             metrics.clone(),
         )?),
         socket,
-        Arc::new(quinn::TokioRuntime),
+        Arc::new(tether_proto::udp_socket::TunnelRuntime),
     )?;
     info!(addr = %endpoint.local_addr()?, "tunnel listening");
 
