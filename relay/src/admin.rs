@@ -40,11 +40,21 @@ impl Admin {
                     .tunnels()
                     .iter()
                     .map(|t| {
+                        // The QUIC path as the relay sees it: a lossy agent link shows
+                        // here as lost packets and congestion events.
+                        let path = t.handle.conn.stats().path;
                         json!({
                             "id": t.conn_id,
                             "remote": t.handle.remote.to_string(),
                             "connected_since_unix": unix_secs(t.handle.connected_at),
                             "rtt_ms": t.handle.conn.rtt().as_secs_f64() * 1e3,
+                            "path": {
+                                "cwnd_bytes": path.cwnd,
+                                "mtu": path.current_mtu,
+                                "sent_packets": path.sent_packets,
+                                "lost_packets": path.lost_packets,
+                                "congestion_events": path.congestion_events,
+                            },
                             "open_streams": t.open_streams(),
                             "total_streams": t.total_streams(),
                             "draining": t.is_draining(),

@@ -65,6 +65,13 @@ async fn metrics_health_and_registry_api() {
     assert!(
         conn["rtt_ms"].as_f64().is_some() && conn["cert_serial"].as_str().unwrap().contains(':')
     );
+    // The QUIC path: requests have been carried, none lost on loopback.
+    let path = &conn["path"];
+    assert!(path["sent_packets"].as_u64().unwrap() > 0, "{path}");
+    assert!(path["cwnd_bytes"].as_u64().unwrap() > 0, "{path}");
+    assert!(path["mtu"].as_u64().unwrap() >= 1200, "{path}");
+    assert!(path["lost_packets"].as_u64().is_some(), "{path}");
+    assert!(path["congestion_events"].as_u64().is_some(), "{path}");
 
     // The agent's own admin listener.
     let agent_admin = a.agent.proc.wait_for_addr("admin listening");
