@@ -235,20 +235,28 @@ mod tests {
         assert_eq!(got, vec![vec![0; 10], vec![1; 10], vec![2; 10]]);
     }
 
-    /// Waiting for writability on an idle socket returns at once (registration reports
-    /// the current state) and can be repeated.
+    /// quinn's check before each send answers at once while no send has blocked. After
+    /// one has, the wait goes through the duplicate descriptor registered for writes,
+    /// whose registration reports the free socket as writable, and ends the blocked state.
     #[tokio::test(flavor = "current_thread")]
-    async fn a_writable_wait_on_a_free_socket_returns() {
+    async fn writable_waits_only_after_a_blocked_send() {
         let s = bound();
         let mut poller = s.clone().create_io_poller();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            poller.as_mut().poll_writable(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
         for _ in 0..3 {
+            s.blocked.store(true, Ordering::Relaxed);
             tokio::time::timeout(
                 std::time::Duration::from_secs(5),
                 std::future::poll_fn(|cx| poller.as_mut().poll_writable(cx)),
             )
             .await
-            .expect("writable at once")
+            .expect("a free socket is reported writable")
             .unwrap();
+            assert!(!s.blocked.load(Ordering::Relaxed));
         }
     }
 }
