@@ -25,6 +25,8 @@ const DEV_AGENT: &str = "tb-a";
 pub struct Netns {
     /// The user-space link when netem was not available.
     link: Option<Link>,
+    /// Why netem was not used.
+    pub no_netem: Option<String>,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -57,7 +59,10 @@ impl Netns {
     pub fn create(loss_pct: f64, delay: Duration) -> Result<Netns> {
         delete_namespaces(); // leftovers of an interrupted run
         ip(&["netns", "add", NS_RELAY])?;
-        let mut ns = Netns { link: None };
+        let mut ns = Netns {
+            link: None,
+            no_netem: None,
+        };
         ip(&["netns", "add", NS_AGENT])?;
         match Self::netem(loss_pct, delay) {
             Ok(()) => Ok(ns),
@@ -68,6 +73,7 @@ impl Netns {
                 ns.link = Some(Self::tun_link(loss_pct, delay).with_context(|| {
                     format!("no netem ({netem:#}) and no user-space link either")
                 })?);
+                ns.no_netem = Some(format!("{netem:#}"));
                 Ok(ns)
             }
         }
@@ -114,7 +120,9 @@ impl Netns {
     pub fn describe(&self) -> &'static str {
         match self.link {
             None => "veth pair with tc netem on both ends",
-            Some(_) => "TUN device per namespace joined by the harness's user-space link (this kernel has no netem)",
+            Some(_) => {
+                "TUN device per namespace joined by the harness's user-space link (no netem here)"
+            }
         }
     }
 

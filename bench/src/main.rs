@@ -827,9 +827,10 @@ async fn loss(
     }
     if let Some((forwarded, dropped)) = ns.link_counts() {
         rep.note(&format!(
-            "loss link: {}; it forwarded {forwarded} packets and dropped {dropped} ({:.2} %)",
+            "loss link: {}; it forwarded {forwarded} packets and dropped {dropped} ({:.2} %); netem: {}",
             ns.describe(),
-            100.0 * dropped as f64 / (forwarded + dropped).max(1) as f64
+            100.0 * dropped as f64 / (forwarded + dropped).max(1) as f64,
+            ns.no_netem.as_deref().unwrap_or("-")
         ));
     }
     out.insert("link".into(), json!(ns.describe()));
