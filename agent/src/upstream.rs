@@ -47,6 +47,13 @@ struct Idle<B> {
     since: Instant,
 }
 
+impl<B> Idle<B> {
+    /// Still open on both ends and idle no longer than `timeout`.
+    fn fresh(&self, timeout: Duration) -> bool {
+        !self.sender.is_closed() && self.since.elapsed() <= timeout
+    }
+}
+
 /// The connections of one route's upstream (`authority` is its `host:port`).
 pub struct Pool<B> {
     authority: Authority,
@@ -65,8 +72,7 @@ impl<B> Pool<B> {
     /// Closes idle connections past the timeout, and ones the service closed.
     fn prune(&self) {
         let timeout = self.idle_timeout;
-        self.lock()
-            .retain(|i| !i.sender.is_closed() && i.since.elapsed() <= timeout);
+        self.lock().retain(|i| i.fresh(timeout));
     }
 }
 
@@ -146,7 +152,7 @@ where
     fn take_idle(&self) -> Option<http1::SendRequest<B>> {
         let mut idle = self.lock();
         while let Some(i) = idle.pop_back() {
-            if !i.sender.is_closed() && i.since.elapsed() <= self.idle_timeout {
+            if i.fresh(self.idle_timeout) {
                 return Some(i.sender);
             }
         }

@@ -23,10 +23,8 @@ const DEV_AGENT: &str = "tb-a";
 
 /// The namespaces and the link; deleted on drop.
 pub struct Netns {
-    /// The user-space link when netem was not available.
-    link: Option<Link>,
-    /// Why netem was not used.
-    pub no_netem: Option<String>,
+    /// The user-space link when netem was not available, and why it was not.
+    fallback: Option<(Link, String)>,
 }
 
 fn ip(args: &[&str]) -> Result<()> {
@@ -59,10 +57,7 @@ impl Netns {
     pub fn create(loss_pct: f64, delay: Duration) -> Result<Netns> {
         delete_namespaces(); // leftovers of an interrupted run
         ip(&["netns", "add", NS_RELAY])?;
-        let mut ns = Netns {
-            link: None,
-            no_netem: None,
-        };
+        let mut ns = Netns { fallback: None };
         ip(&["netns", "add", NS_AGENT])?;
         match Self::netem(loss_pct, delay) {
             Ok(()) => Ok(ns),
@@ -70,10 +65,10 @@ impl Netns {
                 let _ = Command::new("ip")
                     .args(["-n", NS_RELAY, "link", "del", DEV_RELAY])
                     .output();
-                ns.link = Some(Self::tun_link(loss_pct, delay).with_context(|| {
+                let link = Self::tun_link(loss_pct, delay).with_context(|| {
                     format!("no netem ({netem:#}) and no user-space link either")
-                })?);
-                ns.no_netem = Some(format!("{netem:#}"));
+                })?;
+                ns.fallback = Some((link, format!("{netem:#}")));
                 Ok(ns)
             }
         }
@@ -118,7 +113,7 @@ impl Netns {
 
     /// What joins the namespaces, for the report.
     pub fn describe(&self) -> &'static str {
-        match self.link {
+        match self.fallback {
             None => "veth pair with tc netem on both ends",
             Some(_) => {
                 "TUN device per namespace joined by the harness's user-space link (no netem here)"
@@ -126,12 +121,14 @@ impl Netns {
         }
     }
 
-    /// Packets the user-space link forwarded and dropped so far (None with netem).
-    pub fn link_counts(&self) -> Option<(u64, u64)> {
-        self.link.as_ref().map(|l| {
+    /// With the user-space link: packets it forwarded and dropped so far, and why netem
+    /// was not used. None with netem.
+    pub fn link_counts(&self) -> Option<(u64, u64, &str)> {
+        self.fallback.as_ref().map(|(l, why)| {
             (
                 l.counters.forwarded.load(Ordering::Relaxed),
                 l.counters.dropped.load(Ordering::Relaxed),
+                why.as_str(),
             )
         })
     }
@@ -145,7 +142,7 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Stop the link (closing the TUN devices) before the namespaces go.
-        self.link = None;
+        self.fallback = None;
         delete_namespaces();
     }
 }

@@ -825,12 +825,12 @@ async fn loss(
             "errors": v.iter().map(|x| x["errors"].as_u64().unwrap_or(0)).sum::<u64>(), "reps": v}),
         );
     }
-    if let Some((forwarded, dropped)) = ns.link_counts() {
+    if let Some((forwarded, dropped, no_netem)) = ns.link_counts() {
         rep.note(&format!(
             "loss link: {}; it forwarded {forwarded} packets and dropped {dropped} ({:.2} %); netem: {}",
             ns.describe(),
             100.0 * dropped as f64 / (forwarded + dropped).max(1) as f64,
-            ns.no_netem.as_deref().unwrap_or("-")
+            no_netem
         ));
     }
     out.insert("link".into(), json!(ns.describe()));

@@ -57,7 +57,7 @@ impl Runtime for TunnelRuntime {
 
 /// A UDP socket registered with tokio for read readiness only.
 #[derive(Debug)]
-pub struct UdpSocket {
+struct UdpSocket {
     io: AsyncFd<std::net::UdpSocket>,
     state: UdpSocketState,
     /// A send returned `WouldBlock` and no wait for writability has ended since.
@@ -65,7 +65,7 @@ pub struct UdpSocket {
 }
 
 impl UdpSocket {
-    pub fn new(sock: std::net::UdpSocket) -> io::Result<UdpSocket> {
+    fn new(sock: std::net::UdpSocket) -> io::Result<UdpSocket> {
         // Sets the socket options quinn relies on (and non-blocking mode).
         let state = UdpSocketState::new((&sock).into())?;
         sock.set_nonblocking(true)?;

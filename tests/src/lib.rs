@@ -219,6 +219,16 @@ impl Pki {
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
+
+    /// An agent's identity as config lines: this CA, and `cert`'s certificate and key.
+    pub fn identity(&self, cert: (&Path, &Path)) -> String {
+        format!(
+            "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            self.ca().display(),
+            cert.0.display(),
+            cert.1.display()
+        )
+    }
 }
 
 /// The sample on-prem service.
@@ -392,13 +402,7 @@ impl Agent {
         connections: usize,
         routes: &[(&str, &str)],
     ) -> Agent {
-        let identity = format!(
-            "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
-            pki.ca().display(),
-            cert.0.display(),
-            cert.1.display()
-        );
-        Agent::start_with_identity(work, node, &identity, relay, connections, routes)
+        Agent::start_with_identity(work, node, &pki.identity(cert), relay, connections, routes)
     }
 
     /// Starts an agent whose identity is given as config lines (`state_dir = ...`, or

@@ -6,6 +6,35 @@ use tether_e2e::{client, sha256_hex, Agent, Sample, World};
 
 const TEN_MIB: usize = 10 * 1024 * 1024;
 
+/// GETs `/bytes/{len}{query}` from `node`: the sample service's deterministic pattern,
+/// every byte intact.
+async fn assert_download(w: &World, node: &str, len: usize, query: &str) {
+    let r = w
+        .relay
+        .get("x-node-id", node, &format!("/bytes/{len}{query}"))
+        .await;
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), len);
+    let expected: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    assert_eq!(sha256_hex(&body), sha256_hex(&expected));
+}
+
+/// POSTs `body` to `/upload` on `node`: the service hashed every byte as it arrived.
+async fn assert_upload(w: &World, node: &str, body: &[u8]) {
+    let r = client()
+        .post(w.relay.url("/upload"))
+        .header("x-node-id", node)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(v["bytes"], body.len());
+    assert_eq!(v["sha256"], sha256_hex(body));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_mib_up_and_down_keep_their_sha256() {
     let w = World::new();
@@ -13,33 +42,15 @@ async fn ten_mib_up_and_down_keep_their_sha256() {
     let http = client();
 
     // Download: the sample service's deterministic pattern.
-    let expected: Vec<u8> = (0..TEN_MIB).map(|i| (i % 251) as u8).collect();
     for chunked in ["", "?chunked=1"] {
-        let r = w
-            .relay
-            .get("x-node-id", "node-a", &format!("/bytes/{TEN_MIB}{chunked}"))
-            .await;
-        assert_eq!(r.status(), 200);
-        let body = r.bytes().await.unwrap();
-        assert_eq!(body.len(), TEN_MIB);
-        assert_eq!(sha256_hex(&body), sha256_hex(&expected));
+        assert_download(&w, "node-a", TEN_MIB, chunked).await;
     }
 
     // Upload: random bytes, hashed by the service as they arrive.
     let upload: Vec<u8> = (0..TEN_MIB as u64)
         .map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8)
         .collect();
-    let r = http
-        .post(w.relay.url("/upload"))
-        .header("x-node-id", "node-a")
-        .body(upload.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-    assert_eq!(v["bytes"], TEN_MIB);
-    assert_eq!(v["sha256"], sha256_hex(&upload));
+    assert_upload(&w, "node-a", &upload).await;
 
     // Echo: streamed up and down at once.
     let r = http
@@ -104,12 +115,7 @@ async fn other_congestion_controllers_carry_bodies_intact() {
     let w = World::with_tunnel("congestion = \"cubic\"");
     let sample = Sample::start("svc-node-c");
     let (cert, key) = w.pki.agent("node-c", "west");
-    let identity = format!(
-        "ca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncongestion = \"newreno\"\n",
-        w.pki.ca().display(),
-        cert.display(),
-        key.display()
-    );
+    let identity = w.pki.identity((&cert, &key)) + "congestion = \"newreno\"\n";
     let _agent = Agent::start_with_identity(
         w.dir.path(),
         "node-c",
@@ -123,23 +129,7 @@ async fn other_congestion_controllers_carry_bodies_intact() {
         .await;
 
     const ONE_MIB: usize = 1 << 20;
-    let r = w
-        .relay
-        .get("x-node-id", "node-c", &format!("/bytes/{ONE_MIB}"))
-        .await;
-    assert_eq!(r.status(), 200);
-    let expected: Vec<u8> = (0..ONE_MIB).map(|i| (i % 251) as u8).collect();
-    assert_eq!(sha256_hex(&r.bytes().await.unwrap()), sha256_hex(&expected));
-
+    assert_download(&w, "node-c", ONE_MIB, "").await;
     let upload: Vec<u8> = (0..ONE_MIB).map(|i| (i % 241) as u8).collect();
-    let r = client()
-        .post(w.relay.url("/upload"))
-        .header("x-node-id", "node-c")
-        .body(upload.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let v: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
-    assert_eq!(v["sha256"], sha256_hex(&upload));
+    assert_upload(&w, "node-c", &upload).await;
 }
