@@ -22,6 +22,8 @@
 //! | `GET .../status/CODE`                          | that status, body `status CODE`            |
 //! | `GET .../trailers`                             | `body`, then trailer `x-trailer: done`     |
 //! | `GET .../fixed`                                | a static 1 KiB body (benchmark endpoint)   |
+//! | any method `.../reflect`                       | request fields named `x-reflect-*` sent    |
+//! |                                                | back as response fields, byte for byte     |
 //!
 //! `GET` routes also answer `HEAD`; a known route with the wrong method gets 405, a bad
 //! number in the path or query gets 400. Over HTTP/1.1, hyper sends response trailers
@@ -146,6 +148,7 @@ impl Service {
             ("upload", _) => method_not_allowed("POST, PUT"),
             ("echo", _) if method == Method::POST => echo(req),
             ("echo", _) => method_not_allowed("POST"),
+            ("reflect", _) => reflect(req),
             ("slow", _) if is_get => {
                 let ms: u64 = param(&query, "ms", 0)?;
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -222,6 +225,18 @@ fn echo(req: Request<Incoming>) -> Response<ResBody> {
         // HTTP/1.1 only forwards trailer fields that the `trailer` header declares.
         if let Some(value) = parts.headers.get(&name) {
             res.headers_mut().insert(name, value.clone());
+        }
+    }
+    res
+}
+
+/// Sends the request's `x-reflect-*` fields back as response fields, every value of a
+/// repeated one and in order, so a test can compare both directions byte for byte.
+fn reflect(req: Request<Incoming>) -> Response<ResBody> {
+    let mut res = text(StatusCode::OK, "reflected");
+    for (name, value) in req.headers() {
+        if name.as_str().starts_with("x-reflect-") {
+            res.headers_mut().append(name.clone(), value.clone());
         }
     }
     res
