@@ -65,9 +65,9 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
 /// Tether patch (see vendor/README.md at the repository root). Upstream Huffman-codes
 /// every literal one bit at a time, about 260 instructions a byte, and the peer's decoder
 /// then walks the code one bit at a time too. Writing literals raw takes 14–21 % off the
-/// instructions Tether's relay and agent spend on a small request. RFC 9204 §4.1.2 lets the encoder
-/// choose per literal, and every decoder must accept both forms (`decode` below does);
-/// the cost is 20–45 % more bytes per literal.
+/// instructions Tether's relay and agent spend on a small request. RFC 9204 §4.1.2 lets
+/// the encoder choose per literal, and every decoder must accept both forms (`decode`
+/// below does); the cost is 20–45 % more bytes per literal.
 pub fn encode<B: BufMut>(size: u8, flags: u8, value: &[u8], buf: &mut B) -> Result<(), Error> {
     prefix_int::encode(size - 1, flags << 1, value.len().try_into()?, buf);
     buf.put_slice(value);
