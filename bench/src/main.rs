@@ -81,6 +81,11 @@ struct RunArgs {
     /// Seconds per throughput measurement.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Seconds of unrecorded load on each target before each concurrency level is
+    /// measured, so that no target is measured while it still opens connections and grows
+    /// its heaps and congestion window for that level (0: none).
+    #[arg(long, default_value_t = 2)]
+    warmup_seconds: u64,
     /// Load generator for throughput: wrk, or internal (the harness's own loop).
     #[arg(long, default_value = "wrk")]
     loadgen: String,
@@ -157,6 +162,7 @@ fn main() -> Result<()> {
                 args.reps = 1;
                 args.latency_requests = 200;
                 args.seconds = 1;
+                args.warmup_seconds = 0;
                 args.bulk_bytes = 16 << 20;
                 args.scale = "20".into();
                 args.loss_seconds = 2;
@@ -257,7 +263,7 @@ async fn run(args: RunArgs) -> Result<()> {
         &args.out,
         json!({
             "smoke": args.smoke, "reps": args.reps, "latency_requests": args.latency_requests,
-            "throughput_seconds": args.seconds, "loadgen": args.loadgen, "bulk_bytes": args.bulk_bytes,
+            "throughput_seconds": args.seconds, "throughput_warmup_seconds": args.warmup_seconds, "loadgen": args.loadgen, "bulk_bytes": args.bulk_bytes,
             "cpus": {"latency": cpu.one, "load_generator": cpu.load, "under_test": cpu.sut, "bulk": cpu.all},
         }),
     );
@@ -494,8 +500,9 @@ async fn throughput(
         rep.note("wrk is not installed (apt-get install wrk): throughput used the harness's own load loop");
     }
     eprintln!(
-        "== throughput: {} s per point, loadgen {} on cpu {}, targets on cpu {}",
+        "== throughput: {} s per point after {} s of warm-up per target and level, loadgen {} on cpu {}, targets on cpu {}",
         args.seconds,
+        args.warmup_seconds,
         if use_wrk { "wrk" } else { "internal" },
         cpu.load,
         cpu.sut
@@ -507,19 +514,30 @@ async fn throughput(
         .split(',')
         .map(|c| c.trim().parse())
         .collect::<Result<_, _>>()?;
+    // One load run: (req/s, errors).
+    let load = |addr: SocketAddr, c: usize, secs: u64| async move {
+        if use_wrk {
+            wrk(addr, c, secs, &cpu.load)
+        } else {
+            let d = Duration::from_secs(secs);
+            let (ok, e) = client::load(addr, c, d).await?;
+            Ok((ok as f64 / d.as_secs_f64(), e))
+        }
+    };
     let mut out = serde_json::Map::new();
     for &c in &concs {
+        if args.warmup_seconds > 0 {
+            for t in targets {
+                load(t.addr, c, args.warmup_seconds)
+                    .await
+                    .with_context(|| format!("warm-up of {} at c={c}", t.name))?;
+            }
+        }
         let mut per: std::collections::BTreeMap<String, Vec<f64>> = Default::default();
         let mut errs: std::collections::BTreeMap<String, u64> = Default::default();
         for r in 0..args.reps {
             for t in rotated(targets, r) {
-                let (rps, e) = if use_wrk {
-                    wrk(t.addr, c, args.seconds, &cpu.load)?
-                } else {
-                    let d = Duration::from_secs(args.seconds);
-                    let (ok, e) = client::load(t.addr, c, d).await?;
-                    (ok as f64 / d.as_secs_f64(), e)
-                };
+                let (rps, e) = load(t.addr, c, args.seconds).await?;
                 eprintln!("   c={c:<4} {:<14} {rps:>10.0} req/s  errors {e}", t.name);
                 per.entry(t.name.clone()).or_default().push(rps);
                 *errs.entry(t.name.clone()).or_default() += e;
