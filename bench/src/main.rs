@@ -37,7 +37,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the benchmark scenarios and write the report.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// The fixed-response upstream (used by `run`).
     Upstream {
         #[arg(long)]
@@ -170,7 +170,7 @@ fn main() -> Result<()> {
                     args.loadgen = "internal".into();
                 }
             }
-            rt.block_on(run(args))
+            rt.block_on(run(*args))
         }
     }
 }
