@@ -2,10 +2,9 @@
 //! the same family, and start the QUIC handshake. Used by tunnels and by enrollment.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use tether_proto::udp_socket::TunnelRuntime;
+use tether_proto::udp_socket::client_endpoint;
 
 /// Starts a QUIC connection to `relay` (`host:port`). The endpoint must outlive the
 /// connection, so both are returned.
@@ -25,14 +24,8 @@ pub async fn dial(
         "0.0.0.0:0"
     }
     .parse()?;
-    let socket = std::net::UdpSocket::bind(bind).context("binding a UDP socket")?;
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(TunnelRuntime),
-    )
-    .context("starting the QUIC endpoint")?;
+    let endpoint =
+        client_endpoint(bind).with_context(|| format!("opening a QUIC endpoint on {bind}"))?;
     let connecting = endpoint
         .connect_with(client, addr, server_name)
         .with_context(|| format!("connecting to {addr}"))?;

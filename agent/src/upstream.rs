@@ -11,7 +11,6 @@
 //! Connections idle for longer than [`IDLE_TIMEOUT`] are closed by a reaper task that
 //! lives as long as the pool.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -57,14 +56,15 @@ impl<B> Idle<B> {
 /// The connections of one route's upstream (`authority` is its `host:port`).
 pub struct Pool<B> {
     authority: Authority,
-    idle: Mutex<VecDeque<Idle<B>>>,
+    /// Most recently used last.
+    idle: Mutex<Vec<Idle<B>>>,
     idle_timeout: Duration,
     /// Started with the first connection (pools are built outside the runtime).
     reaper: std::sync::Once,
 }
 
 impl<B> Pool<B> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<B>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle<B>>> {
         // A panic while holding the lock leaves at worst a missing idle connection.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -100,7 +100,7 @@ impl<B> Conn<B> {
         // Expiry is the reaper's job (and `take_idle` skips stale ones).
         let mut idle = pool.lock();
         if idle.len() < MAX_IDLE {
-            idle.push_back(Idle {
+            idle.push(Idle {
                 sender,
                 since: Instant::now(),
             });
@@ -121,7 +121,7 @@ where
     fn with_idle_timeout(authority: Authority, idle_timeout: Duration) -> Arc<Self> {
         Arc::new(Pool {
             authority,
-            idle: Mutex::new(VecDeque::new()),
+            idle: Mutex::new(Vec::new()),
             idle_timeout,
             reaper: std::sync::Once::new(),
         })
@@ -151,7 +151,7 @@ where
     /// The most recently used idle connection that is still fresh.
     fn take_idle(&self) -> Option<http1::SendRequest<B>> {
         let mut idle = self.lock();
-        while let Some(i) = idle.pop_back() {
+        while let Some(i) = idle.pop() {
             if i.fresh(self.idle_timeout) {
                 return Some(i.sender);
             }

@@ -79,11 +79,8 @@ pub async fn connect(
     let n_ep = total.div_ceil(1000).max(1);
     let mut endpoints = Vec::new();
     for _ in 0..n_ep {
-        endpoints.push(quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            None,
-            std::net::UdpSocket::bind("127.0.0.1:0")?,
-            Arc::new(tether_proto::udp_socket::TunnelRuntime),
+        endpoints.push(tether_proto::udp_socket::client_endpoint(
+            "127.0.0.1:0".parse()?,
         )?);
     }
     let sem = Arc::new(Semaphore::new(parallel));

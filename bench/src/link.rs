@@ -141,8 +141,7 @@ fn receive(
     stop: &AtomicBool,
     counters: &Counters,
 ) {
-    // Drop when a uniform draw from [0, 2^53) falls under loss * 2^53.
-    let threshold = (loss.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64;
+    let threshold = drop_threshold(loss);
     let mut buf = vec![0u8; MAX_PACKET];
     while !stop.load(Ordering::Relaxed) {
         if !from.readable(POLL) {
@@ -153,7 +152,7 @@ fn receive(
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(_) => return, // the device is gone
         };
-        if xorshift(&mut seed) >> 11 < threshold {
+        if lost(&mut seed, threshold) {
             counters.dropped.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -170,8 +169,11 @@ fn receive(
 /// Writes each queued packet to `to` once it is due.
 fn deliver(to: &Tun, queue: &mpsc::Receiver<(Instant, Vec<u8>)>, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        let Ok((due, packet)) = queue.recv_timeout(POLL) else {
-            continue;
+        let (due, packet) = match queue.recv_timeout(POLL) {
+            Ok(p) => p,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            // The reading side has ended (its device is gone): nothing more will come.
+            Err(mpsc::RecvTimeoutError::Disconnected) => return,
         };
         let wait = due.saturating_duration_since(Instant::now());
         if !wait.is_zero() {
@@ -180,6 +182,16 @@ fn deliver(to: &Tun, queue: &mpsc::Receiver<(Instant, Vec<u8>)>, stop: &AtomicBo
         // A full device queue or a vanished route loses the packet, as a real link would.
         let _ = (&to.file).write(&packet);
     }
+}
+
+/// `loss` (0.0–1.0) as a threshold for [`lost`]'s 53-bit draw.
+fn drop_threshold(loss: f64) -> u64 {
+    (loss.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64
+}
+
+/// Whether the next packet is lost: a uniform draw from [0, 2^53) under `threshold`.
+fn lost(seed: &mut u64, threshold: u64) -> bool {
+    xorshift(seed) >> 11 < threshold
 }
 
 /// xorshift64*: plenty for choosing which packets a test link loses.
@@ -195,12 +207,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn xorshift_draws_about_the_asked_share() {
+    fn the_link_loses_about_the_asked_share() {
         let mut s = 42;
-        let threshold = (0.01 * (1u64 << 53) as f64) as u64;
-        let hits = (0..100_000)
-            .filter(|_| xorshift(&mut s) >> 11 < threshold)
-            .count();
-        assert!((800..1200).contains(&hits), "{hits} of 100000 at 1%");
+        for (loss, lo, hi) in [(0.01, 800, 1200), (0.2, 19_000, 21_000)] {
+            let threshold = drop_threshold(loss);
+            let hits = (0..100_000).filter(|_| lost(&mut s, threshold)).count();
+            assert!((lo..hi).contains(&hits), "{hits} of 100000 at {loss}");
+        }
+        assert!(!(0..10_000).any(|_| lost(&mut s, drop_threshold(0.0))));
+        assert!((0..10_000).all(|_| lost(&mut s, drop_threshold(1.0))));
     }
 }

@@ -844,11 +844,10 @@ async fn loss(
         );
     }
     if let Some((forwarded, dropped, no_netem)) = ns.link_counts() {
+        // The table already names the link; the note adds what it did and why.
         rep.note(&format!(
-            "loss link: {}; it forwarded {forwarded} packets and dropped {dropped} ({:.2} %); netem: {}",
-            ns.describe(),
+            "loss link: it forwarded {forwarded} packets and dropped {dropped} ({:.2} %); netem was not used: {no_netem}",
             100.0 * dropped as f64 / (forwarded + dropped).max(1) as f64,
-            no_netem
         ));
     }
     out.insert("link".into(), json!(ns.describe()));

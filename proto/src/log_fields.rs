@@ -72,16 +72,21 @@ fn is_control(c: char) -> bool {
 }
 
 impl Visitor<'_> {
+    /// What goes before the next field: nothing before the first, a space otherwise.
+    fn sep(&mut self) -> &'static str {
+        if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        }
+    }
+
     fn key(&mut self, field: &Field) -> bool {
         if self.result.is_err() || field.name().starts_with("log.") {
             // Failed already, or `log` crate metadata that the event format has shown.
             return false;
         }
-        let sep = if std::mem::take(&mut self.first) {
-            ""
-        } else {
-            " "
-        };
+        let sep = self.sep();
         let name = field.name();
         let name = name.strip_prefix("r#").unwrap_or(name);
         self.result = self
@@ -97,11 +102,7 @@ impl Visitor<'_> {
         if self.result.is_err() {
             return;
         }
-        let sep = if std::mem::take(&mut self.first) {
-            ""
-        } else {
-            " "
-        };
+        let sep = self.sep();
         self.result = self
             .w
             .write_str(sep)

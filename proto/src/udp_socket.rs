@@ -12,10 +12,10 @@
 //! writable before every send; the answer is yes until a send has returned `WouldBlock`
 //! (a full send buffer: never on loopback, rare elsewhere). Only then does a sender wait,
 //! on a duplicate of the descriptor registered for writes for as long as that one wait
-//! lasts. A read that returns fewer
-//! datagrams than it asked for has emptied the queue, so the read readiness is cleared
-//! there and then: under edge-triggered epoll a datagram that arrives later raises a new
-//! edge, and tokio's readiness ticks keep an edge seen meanwhile from being cleared.
+//! lasts. A read that returns fewer datagrams than it asked for has emptied the queue, so
+//! the read readiness is cleared there and then: under edge-triggered epoll a datagram
+//! that arrives later raises a new edge, and tokio's readiness ticks keep an edge seen
+//! meanwhile from being cleared.
 
 use std::fmt;
 use std::future::Future;
@@ -53,6 +53,17 @@ impl Runtime for TunnelRuntime {
     fn now(&self) -> Instant {
         TokioRuntime.now()
     }
+}
+
+/// A client-only QUIC endpoint on a UDP socket bound to `bind`, on [`TunnelRuntime`]:
+/// how agents dial the relay.
+pub fn client_endpoint(bind: SocketAddr) -> io::Result<quinn::Endpoint> {
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        std::net::UdpSocket::bind(bind)?,
+        Arc::new(TunnelRuntime),
+    )
 }
 
 /// A UDP socket registered with tokio for read readiness only.

@@ -111,7 +111,7 @@ impl Drop for Completion {
 
 /// Who sent a request: one per ingress connection, so the `x-forwarded-for` value is
 /// built once per connection rather than once per request.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Caller {
     pub addr: SocketAddr,
     /// `addr`'s IP as a header value.

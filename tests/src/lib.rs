@@ -470,18 +470,19 @@ impl World {
     /// A world whose relay config gets `extra_ingress` in `[ingress]` and `tail` appended;
     /// `PKI` in `tail` stands for the PKI directory.
     pub fn with_relay_config(extra_ingress: &str, tail: &str) -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let pki = Pki::new(&dir.path().join("pki"));
-        let tail = tail.replace("PKI", &pki.dir.display().to_string());
-        let relay = Relay::start(&pki, dir.path(), extra_ingress, &tail);
-        World { dir, pki, relay }
+        World::build("", extra_ingress, tail)
     }
 
     /// A world whose relay config gets `extra_tunnel` lines in its `[tunnel]` table.
     pub fn with_tunnel(extra_tunnel: &str) -> World {
+        World::build(extra_tunnel, "", "")
+    }
+
+    fn build(extra_tunnel: &str, extra_ingress: &str, tail: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let pki = Pki::new(&dir.path().join("pki"));
-        let relay = Relay::start_with_tunnel(&pki, dir.path(), extra_tunnel, "", "");
+        let tail = tail.replace("PKI", &pki.dir.display().to_string());
+        let relay = Relay::start_with_tunnel(&pki, dir.path(), extra_tunnel, extra_ingress, &tail);
         World { dir, pki, relay }
     }
 
