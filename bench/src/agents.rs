@@ -13,16 +13,22 @@ use bytes::Bytes;
 use http::Response;
 use tether_proto::congestion::Congestion;
 use tether_proto::tls::{load_certs, load_key, load_roots, provider};
-use tether_proto::wire::{transport_config, Side, ALPN_TUNNEL};
+use tether_proto::wire::{transport_config, Side};
 use tokio::sync::Semaphore;
 
-/// The rustls/quinn client config an agent with this certificate would use.
-pub fn client_config(ca: &Path, cert: &Path, key: &Path) -> Result<quinn::ClientConfig> {
+/// The rustls/quinn client config an agent with this certificate would use, offering
+/// `alpn` (Tether's is `tether_proto::wire::ALPN_TUNNEL`).
+pub fn client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(load_roots(ca)?)
         .with_client_auth_cert(load_certs(cert)?, load_key(key)?)?;
-    tls.alpn_protocols = vec![ALPN_TUNNEL.to_vec()];
+    tls.alpn_protocols = vec![alpn.to_vec()];
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut c = quinn::ClientConfig::new(Arc::new(crypto));
     c.transport_config(transport_config(Side::Agent, Congestion::default()));

@@ -11,6 +11,7 @@ mod link;
 mod loss;
 mod peers;
 mod procs;
+mod quic_raw;
 mod report;
 mod upstream;
 
@@ -26,6 +27,8 @@ use serde_json::{json, Value};
 use crate::peers::{Env, RelayPorts};
 use crate::procs::{pin, Proc};
 use crate::report::median;
+use tether_proto::runtime::RuntimeConfig;
+use tether_proto::wire::ALPN_TUNNEL;
 
 #[derive(Parser)]
 #[command(name = "tether-bench", about = "Tether benchmark harness")]
@@ -42,6 +45,26 @@ enum Cmd {
     Upstream {
         #[arg(long)]
         listen: SocketAddr,
+    },
+    /// The `quic-raw` target's relay side (see bench/src/quic_raw.rs).
+    QuicRawRelay {
+        #[arg(long)]
+        tcp: SocketAddr,
+        #[arg(long)]
+        quic: SocketAddr,
+        /// Directory with ca.pem, relay.pem and relay.key.
+        #[arg(long)]
+        pki: PathBuf,
+    },
+    /// The `quic-raw` target's agent side.
+    QuicRawAgent {
+        #[arg(long)]
+        quic: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+        /// Directory with ca.pem, bench.pem and bench.key.
+        #[arg(long)]
+        pki: PathBuf,
     },
     /// ONE HTTP/2 connection, `concurrency` callers: latency of GET /fixed as JSON (used
     /// by `run` inside a network namespace).
@@ -63,8 +86,11 @@ struct RunArgs {
     /// Comma-separated: latency, throughput, bulk, scale, loss.
     #[arg(long, default_value = "latency,throughput,bulk,scale,loss")]
     scenarios: String,
-    /// Comma-separated targets: direct, tether, nginx, rathole, rathole-noise.
-    #[arg(long, default_value = "direct,tether,nginx,rathole,rathole-noise")]
+    /// Comma-separated targets: direct, tether, quic-raw, nginx, rathole, rathole-noise.
+    #[arg(
+        long,
+        default_value = "direct,tether,quic-raw,nginx,rathole,rathole-noise"
+    )]
     targets: String,
     /// A ~5 s run of each scenario with tiny sizes: checks that everything works.
     #[arg(long)]
@@ -124,7 +150,17 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    // The quic-raw processes run on the runtime Tether's binaries use, shaped the same way.
+    let tether_rt = || RuntimeConfig::default().build("quic-raw");
     match cli.cmd {
+        Cmd::QuicRawRelay { tcp, quic, pki } => {
+            tether_rt()?.block_on(quic_raw::relay(tcp, quic, &pki))
+        }
+        Cmd::QuicRawAgent {
+            quic,
+            upstream,
+            pki,
+        } => tether_rt()?.block_on(quic_raw::agent(quic, upstream, &pki)),
         Cmd::Upstream { listen } => rt.block_on(upstream::serve(listen)),
         Cmd::H2Lat {
             addr,
@@ -349,6 +385,8 @@ async fn start_targets(
                 let agent = peers::agent(env, "tether-agent", pki, "bench", p.tunnel, up, &[])?;
                 Ok((p.ingress, vec![relay, agent]))
             })(),
+            "quic-raw" => peers::quic_raw(env, pki, port(args, 34), port(args, 35), up)
+                .map(|p| (port(args, 35), p)),
             "nginx" => peers::nginx(env, "nginx", port(args, 20), up, false, &[])
                 .map(|p| (port(args, 20), vec![p])),
             "rathole" => peers::rathole(env, "rathole", port(args, 30), port(args, 31), up, false)
@@ -647,6 +685,7 @@ async fn scale(
                 &pki.join("ca.pem"),
                 &pki.join(format!("{n}.pem")),
                 &pki.join(format!("{n}.key")),
+                ALPN_TUNNEL,
             )
         })
         .collect::<Result<_>>()?;

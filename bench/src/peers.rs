@@ -1,4 +1,5 @@
-//! Starting the targets: the upstream, Tether (relay + one agent), nginx and rathole.
+//! Starting the targets: the upstream, Tether (relay + one agent), the quic-raw floor,
+//! nginx and rathole.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -128,6 +129,31 @@ pub fn agent(
     let mut c = command(ns, &env.bin.join("tether-agent"));
     c.arg("--config").arg(&cfg);
     Proc::spawn(name, c, &env.logs)
+}
+
+/// The `quic-raw` floor (bench/src/quic_raw.rs): its relay takes callers on `tcp` and the
+/// agent on `quic`; the agent carries each stream to `upstream`.
+pub fn quic_raw(
+    env: &Env,
+    pki: &Path,
+    quic: SocketAddr,
+    tcp: SocketAddr,
+    upstream: SocketAddr,
+) -> Result<Vec<Proc>> {
+    let mut r = Command::new(&env.me);
+    r.args(["quic-raw-relay", "--tcp", &tcp.to_string()])
+        .args(["--quic", &quic.to_string()])
+        .arg("--pki")
+        .arg(pki);
+    let relay = Proc::spawn("quic-raw-relay", r, &env.logs)?;
+    procs::wait_tcp(tcp, Duration::from_secs(10))?;
+    let mut a = Command::new(&env.me);
+    a.args(["quic-raw-agent", "--quic", &quic.to_string()])
+        .args(["--upstream", &upstream.to_string()])
+        .arg("--pki")
+        .arg(pki);
+    let agent = Proc::spawn("quic-raw-agent", a, &env.logs)?;
+    Ok(vec![relay, agent])
 }
 
 /// nginx as a plain reverse proxy to `upstream` (one worker, keep-alive upstream pool,

@@ -156,7 +156,14 @@ impl Report {
 
     fn table(&self) -> String {
         let mut s = String::new();
-        let order = ["direct", "tether", "nginx", "rathole", "rathole-noise"];
+        let order = [
+            "direct",
+            "tether",
+            "quic-raw",
+            "nginx",
+            "rathole",
+            "rathole-noise",
+        ];
         let direct = |f: &dyn Fn(&str) -> Option<f64>| f("direct");
         let ratio = |v: Option<f64>, d: Option<f64>| match (v, d) {
             (Some(v), Some(d)) if d > 0.0 => format!("{:.2}×", v / d),
@@ -333,6 +340,7 @@ impl Report {
         let order = [
             "direct",
             "tether",
+            "quic-raw",
             "nginx",
             "rathole",
             "rathole-noise",
@@ -341,6 +349,7 @@ impl Report {
         let color = |t: &str| match t {
             "direct" => "#999999",
             "tether" => "#d9480f",
+            "quic-raw" => "#f08c00",
             "nginx" => "#2b8a3e",
             "rathole" => "#1971c2",
             "rathole-noise" => "#5f3dc4",
