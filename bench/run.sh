@@ -8,6 +8,7 @@
 #   bench/run.sh --smoke              # ~5 s per scenario, only checks that it all works
 #   bench/run.sh --scenarios latency,throughput --targets direct,tether
 #   BENCH_NO_INSTALL=1 bench/run.sh   # never install anything; missing peers are skipped
+#   BENCH_PGO=1 bench/run.sh          # measure the profile-guided build (scripts/pgo-build.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,4 +37,8 @@ if [[ "${BENCH_NO_INSTALL:-0}" != 1 ]]; then
   fi
 fi
 
+if [[ "${BENCH_PGO:-0}" == 1 ]]; then
+  scripts/pgo-build.sh
+  exec target/release/tether-bench run --bin-dir target/pgo/release "$@"
+fi
 exec target/release/tether-bench run "$@"

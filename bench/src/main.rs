@@ -298,11 +298,12 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut rep = report::Report::new(
         &args.out,
         json!({
-            "smoke": args.smoke, "reps": args.reps, "latency_requests": args.latency_requests,
+            "bin_dir": env.bin.display().to_string(), "smoke": args.smoke, "reps": args.reps, "latency_requests": args.latency_requests,
             "throughput_seconds": args.seconds, "throughput_warmup_seconds": args.warmup_seconds, "loadgen": args.loadgen, "bulk_bytes": args.bulk_bytes,
             "cpus": {"latency": cpu.one, "load_generator": cpu.load, "under_test": cpu.sut, "bulk": cpu.all},
         }),
     );
+    rep.note(&format!("Tether binaries measured: {}", env.bin.display()));
     let pki = work.join("pki");
     peers::pki(&env, &pki, "bench", &["bench".to_owned()])?;
 
