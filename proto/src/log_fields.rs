@@ -11,6 +11,7 @@
 //! its fields. Terminal control characters never reach the output, in messages or in
 //! values.
 
+use std::cell::RefCell;
 use std::fmt::{self, Write};
 
 use tracing::field::{Field, Visit};
@@ -22,21 +23,52 @@ use tracing_subscriber::fmt::FormatFields;
 #[derive(Debug, Default, Clone, Copy)]
 pub struct LogfmtFields;
 
+/// A line's fields are rendered into a per-thread buffer and handed to the subscriber's
+/// writer in one piece: its writer is a `&mut dyn fmt::Write`, and writing a dozen fields
+/// straight into it took four dynamic calls a field (about 2,000 instructions of the
+/// relay's access line, measured with callgrind).
+const KEEP_BUFFER: usize = 16 * 1024;
+
 impl<'w> FormatFields<'w> for LogfmtFields {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
-        let mut v = Visitor {
-            w: writer,
-            first: true,
-            result: Ok(()),
-        };
-        fields.record(&mut v);
-        v.result
+    fn format_fields<R: RecordFields>(&self, mut writer: Writer<'w>, fields: R) -> fmt::Result {
+        thread_local! {
+            static FIELDS: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        FIELDS.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                let r = render(&mut buf, fields).and_then(|()| writer.write_str(&buf));
+                if buf.capacity() > KEEP_BUFFER {
+                    // One huge field must not pin its memory to this thread for good.
+                    *buf = String::new();
+                }
+                r
+            }
+            // Re-entered: a field's `Debug` logged an event of its own. That one gets a
+            // buffer of its own.
+            Err(_) => {
+                let mut buf = String::new();
+                render(&mut buf, fields)?;
+                writer.write_str(&buf)
+            }
+        })
     }
 }
 
-struct Visitor<'w> {
-    w: Writer<'w>,
+fn render<R: RecordFields>(buf: &mut String, fields: R) -> fmt::Result {
+    let mut v = Visitor {
+        w: buf,
+        first: true,
+        result: Ok(()),
+    };
+    fields.record(&mut v);
+    v.result
+}
+
+struct Visitor<'b> {
+    w: &'b mut String,
     first: bool,
+    /// The first error a value's `Debug` returned; what follows it is not written.
     result: fmt::Result,
 }
 
@@ -89,12 +121,10 @@ impl Visitor<'_> {
         let sep = self.sep();
         let name = field.name();
         let name = name.strip_prefix("r#").unwrap_or(name);
-        self.result = self
-            .w
-            .write_str(sep)
-            .and_then(|()| self.w.write_str(name))
-            .and_then(|()| self.w.write_char('='));
-        self.result.is_ok()
+        self.w.push_str(sep);
+        self.w.push_str(name);
+        self.w.push('=');
+        true
     }
 
     /// The message goes first and bare, without `message=`.
@@ -103,15 +133,13 @@ impl Visitor<'_> {
             return;
         }
         let sep = self.sep();
-        self.result = self
-            .w
-            .write_str(sep)
-            .and_then(|()| Sanitize(&mut self.w).write_fmt(value));
+        self.w.push_str(sep);
+        self.result = Sanitize(&mut *self.w).write_fmt(value);
     }
 
     fn raw(&mut self, field: &Field, s: &str) {
         if self.key(field) {
-            self.result = self.w.write_str(s);
+            self.w.push_str(s);
         }
     }
 }
@@ -124,7 +152,7 @@ impl Visit for Visitor<'_> {
         if is_plain(value) {
             self.raw(field, value);
         } else if self.key(field) {
-            self.result = Sanitize(&mut self.w).write_fmt(format_args!("{value:?}"));
+            self.result = Sanitize(&mut *self.w).write_fmt(format_args!("{value:?}"));
         }
     }
 
@@ -161,7 +189,7 @@ impl Visit for Visitor<'_> {
             return self.message(format_args!("{value:?}"));
         }
         if self.key(field) {
-            self.result = Sanitize(&mut self.w).write_fmt(format_args!("{value:?}"));
+            self.result = Sanitize(&mut *self.w).write_fmt(format_args!("{value:?}"));
         }
     }
 }
@@ -260,6 +288,30 @@ mod tests {
         let outer = std::io::Error::other(Wrapped(inner));
         let l = line(|| tracing::info!(error = &outer as &(dyn std::error::Error + 'static), "x"));
         assert_eq!(l, r#"x error="wrapped: refused""#);
+    }
+
+    #[test]
+    fn a_field_that_logs_while_it_is_formatted_leaves_the_line_whole() {
+        struct Loud;
+        impl fmt::Debug for Loud {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                tracing::info!(inner = 1u64, "nested");
+                f.write_str("loud")
+            }
+        }
+        let l = line(|| tracing::info!(a = 1u64, x = ?Loud, b = "z", "outer"));
+        assert!(l.ends_with("outer a=1 x=loud b=z"), "{l:?}");
+    }
+
+    #[test]
+    fn consecutive_lines_do_not_share_leftovers() {
+        let l = line(|| {
+            tracing::info!(long = "a".repeat(20_000).as_str(), "first");
+            tracing::info!(n = 2u64, "second");
+        });
+        let lines: Vec<&str> = l.lines().collect();
+        assert_eq!(lines.len(), 2, "{l:?}");
+        assert_eq!(lines[1], "second n=2");
     }
 
     #[derive(Debug)]
