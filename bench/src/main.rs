@@ -146,12 +146,15 @@ struct RunArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    // The quic-raw processes run on the runtime Tether's binaries use, shaped the same way.
+    // The quic-raw processes run on the runtime Tether's binaries use, shaped the same way;
+    // everything else on two workers. Each command builds only the runtime it runs on.
     let tether_rt = || RuntimeConfig::default().build("quic-raw");
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
     match cli.cmd {
         Cmd::QuicRawRelay { tcp, quic, pki } => {
             tether_rt()?.block_on(quic_raw::relay(tcp, quic, &pki))
@@ -161,13 +164,13 @@ fn main() -> Result<()> {
             upstream,
             pki,
         } => tether_rt()?.block_on(quic_raw::agent(quic, upstream, &pki)),
-        Cmd::Upstream { listen } => rt.block_on(upstream::serve(listen)),
+        Cmd::Upstream { listen } => rt()?.block_on(upstream::serve(listen)),
         Cmd::H2Lat {
             addr,
             concurrency,
             seconds,
             wait,
-        } => rt.block_on(async move {
+        } => rt()?.block_on(async move {
             let url = format!("http://{addr}/fixed");
             let until = Instant::now() + Duration::from_secs(wait);
             loop {
@@ -206,7 +209,7 @@ fn main() -> Result<()> {
                     args.loadgen = "internal".into();
                 }
             }
-            rt.block_on(run(*args))
+            rt()?.block_on(run(*args))
         }
     }
 }

@@ -22,7 +22,7 @@ use tether_proto::congestion::Congestion;
 use tether_proto::tls::{load_certs, load_key, load_roots, provider};
 use tether_proto::udp_socket::{client_endpoint, TunnelRuntime};
 use tether_proto::wire::{transport_config, Side};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -123,28 +123,19 @@ pub async fn agent(quic: SocketAddr, upstream: SocketAddr, pki: &Path) -> Result
 async fn splice(
     tcp: TcpStream,
     mut send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut recv: quinn::RecvStream,
 ) -> Result<()> {
-    let (tcp_r, tcp_w) = tcp.into_split();
+    let (mut tcp_r, mut tcp_w) = tcp.into_split();
     let up = async {
-        copy(tcp_r, &mut send).await?;
+        tokio::io::copy(&mut tcp_r, &mut send).await?;
         send.finish()?;
         anyhow::Ok(())
     };
     let down = async {
-        let mut tcp_w = tcp_w;
-        copy(recv, &mut tcp_w).await?;
+        tokio::io::copy(&mut recv, &mut tcp_w).await?;
         tcp_w.shutdown().await?;
         anyhow::Ok(())
     };
     tokio::try_join!(up, down)?;
     Ok(())
-}
-
-async fn copy<R, W>(mut r: R, w: &mut W) -> std::io::Result<u64>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    tokio::io::copy(&mut r, w).await
 }
