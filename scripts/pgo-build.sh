@@ -4,6 +4,8 @@
 #   scripts/pgo-build.sh            # -> target/pgo/release/{tether-relay,tether-agent,tether-certs}
 #   scripts/pgo-build.sh --quick    # a few seconds of training: checks that the steps work
 #
+# Exit status 3: llvm-profdata is not available here (nothing was built).
+#
 # Why: a request crosses hyper, h3, quinn, rustls, tokio and tracing, thousands of
 # instructions spread over many functions, and at one request at a time the relay and
 # the agent share a core with the caller and the service, so every wake-up starts with
@@ -31,7 +33,7 @@ if [[ ! -x "$profdata" ]]; then
 fi
 if [[ ! -x "$profdata" ]]; then
   echo "error: $profdata missing (rustup component add llvm-tools); no PGO build made" >&2
-  exit 1
+  exit 3 # the one failure that is the machine's, not the build's (CI tells them apart)
 fi
 
 out=$PWD/target/pgo
@@ -74,4 +76,7 @@ for b in tether-relay tether-agent; do
   install -m 0755 "$out/use/release/$b" "$out/release/$b"
 done
 install -m 0755 target/release/tether-certs "$out/release/tether-certs"
+for b in tether-relay tether-agent; do
+  "$out/release/$b" --version >/dev/null || { echo "error: $out/release/$b does not run" >&2; exit 1; }
+done
 echo "pgo: done: $out/release (profiles from ${#raw[@]} processes)" >&2
