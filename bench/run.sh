@@ -4,11 +4,11 @@
 # `tether-bench run` with the given flags. Everything runs on 127.0.0.1 (the loss
 # scenario in two network namespaces it creates). Results: target/bench/results.{md,json,svg}.
 #
-#   bench/run.sh                      # full run (~10 min on 2 cores)
+#   bench/run.sh                      # full run (~12 min on 2 cores)
 #   bench/run.sh --smoke              # ~5 s per scenario, only checks that it all works
 #   bench/run.sh --scenarios latency,throughput --targets direct,tether
 #   BENCH_NO_INSTALL=1 bench/run.sh   # never install anything; missing peers are skipped
-#   BENCH_PGO=1 bench/run.sh          # measure the profile-guided build (scripts/pgo-build.sh)
+#   BENCH_PGO=1 bench/run.sh          # the profile-guided build (scripts/pgo-build.sh, ~7 min more)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
