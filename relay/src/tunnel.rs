@@ -50,10 +50,15 @@ pub struct Acceptor {
 pub async fn accept_loop(endpoint: quinn::Endpoint, acceptor: Arc<Acceptor>) {
     while let Some(incoming) = endpoint.accept().await {
         let acceptor = acceptor.clone();
+        let remote = incoming.remote_address();
+        // Accepted outside the tunnel's span: quinn runs the connection's driver as a task
+        // instrumented with the span current when it is created, and inside this one it
+        // would enter and leave it on every poll, several times per request. Its own logs
+        // are debug-level and carry quinn's connection id.
+        let connecting = incoming.accept();
         tokio::spawn(async move {
-            let remote = incoming.remote_address();
             if let Err(e) = acceptor
-                .handle(incoming)
+                .handle(connecting)
                 .instrument(info_span!("tunnel", %remote))
                 .await
             {
@@ -95,9 +100,11 @@ async fn control_events(
 }
 
 impl Acceptor {
-    async fn handle(&self, incoming: quinn::Incoming) -> anyhow::Result<()> {
-        let remote = incoming.remote_address();
-        let conn = match incoming.await {
+    async fn handle(
+        &self,
+        connecting: Result<quinn::Connecting, quinn::ConnectionError>,
+    ) -> anyhow::Result<()> {
+        let conn = match async { connecting?.await }.await {
             Ok(c) => c,
             Err(e) => {
                 // Certificate problems (wrong CA, expired, no identity, server-only
@@ -146,6 +153,7 @@ impl Acceptor {
             cluster = %identity.cluster,
             conn = tracing::field::Empty
         );
+        let remote = conn.remote_address();
         self.serve_tunnel(conn, remote, identity, &cert)
             .instrument(span)
             .await
