@@ -140,19 +140,17 @@ pub fn quic_raw(
     tcp: SocketAddr,
     upstream: SocketAddr,
 ) -> Result<Vec<Proc>> {
-    let mut r = Command::new(&env.me);
-    r.args(["quic-raw-relay", "--tcp", &tcp.to_string()])
-        .args(["--quic", &quic.to_string()])
-        .arg("--pki")
-        .arg(pki);
-    let relay = Proc::spawn("quic-raw-relay", r, &env.logs)?;
+    // `tether-bench <side> --quic QUIC --pki PKI <flag> <addr>`, logging to <side>.log.
+    let side = |name: &str, flag: &str, addr: SocketAddr| {
+        let mut c = Command::new(&env.me);
+        c.args([name, "--quic", &quic.to_string(), flag, &addr.to_string()])
+            .arg("--pki")
+            .arg(pki);
+        Proc::spawn(name, c, &env.logs)
+    };
+    let relay = side("quic-raw-relay", "--tcp", tcp)?;
     procs::wait_tcp(tcp, Duration::from_secs(10))?;
-    let mut a = Command::new(&env.me);
-    a.args(["quic-raw-agent", "--quic", &quic.to_string()])
-        .args(["--upstream", &upstream.to_string()])
-        .arg("--pki")
-        .arg(pki);
-    let agent = Proc::spawn("quic-raw-agent", a, &env.logs)?;
+    let agent = side("quic-raw-agent", "--upstream", upstream)?;
     Ok(vec![relay, agent])
 }
 

@@ -35,6 +35,18 @@ fn sh(cmd: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Targets and paths in the order tables and the chart show them (each shows the ones
+/// it has numbers for).
+const ORDER: [&str; 7] = [
+    "direct",
+    "tether",
+    "quic-raw",
+    "nginx",
+    "rathole",
+    "rathole-noise",
+    "h2-over-tcp",
+];
+
 impl Report {
     pub fn new(out: &Path, params: Value) -> Report {
         let mut data = Map::new();
@@ -156,14 +168,7 @@ impl Report {
 
     fn table(&self) -> String {
         let mut s = String::new();
-        let order = [
-            "direct",
-            "tether",
-            "quic-raw",
-            "nginx",
-            "rathole",
-            "rathole-noise",
-        ];
+        let order = ORDER;
         let direct = |f: &dyn Fn(&str) -> Option<f64>| f("direct");
         let ratio = |v: Option<f64>, d: Option<f64>| match (v, d) {
             (Some(v), Some(d)) if d > 0.0 => format!("{:.2}×", v / d),
@@ -337,15 +342,7 @@ impl Report {
 
     /// Horizontal grouped bars, one panel per scenario.
     fn svg(&self) -> String {
-        let order = [
-            "direct",
-            "tether",
-            "quic-raw",
-            "nginx",
-            "rathole",
-            "rathole-noise",
-            "h2-over-tcp",
-        ];
+        let order = ORDER;
         let color = |t: &str| match t {
             "direct" => "#999999",
             "tether" => "#d9480f",
