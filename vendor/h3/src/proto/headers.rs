@@ -1,4 +1,5 @@
 use std::{
+    borrow::Cow,
     convert::TryFrom,
     fmt,
     iter::{IntoIterator, Iterator},
@@ -119,6 +120,47 @@ impl Header {
 
     pub fn into_fields(self) -> HeaderMap {
         self.fields
+    }
+
+    /// Tether patch (see vendor/README.md at the repository root): the field lines in
+    /// the order `into_iter` yields them (pseudo-headers first), borrowed rather than
+    /// copied into owned `HeaderField`s, for `qpack::encode_stateless_borrowed`.
+    pub fn field_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let p = &self.pseudo;
+        let pseudo = [
+            p.method
+                .as_ref()
+                .map(|m| (&b":method"[..], m.as_str().as_bytes())),
+            p.scheme
+                .as_ref()
+                .map(|s| (&b":scheme"[..], s.as_str().as_bytes())),
+            p.authority
+                .as_ref()
+                .map(|a| (&b":authority"[..], a.as_str().as_bytes())),
+            p.path
+                .as_ref()
+                .map(|x| (&b":path"[..], x.as_str().as_bytes())),
+            p.status
+                .as_ref()
+                .map(|s| (&b":status"[..], s.as_str().as_bytes())),
+            p.protocol
+                .as_ref()
+                .map(|x| (&b":protocol"[..], x.as_str().as_bytes())),
+        ];
+        pseudo.into_iter().flatten().chain(
+            self.fields
+                .iter()
+                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
+        )
+    }
+
+    /// Tether patch: about the size of the encoded field section, to size its buffer
+    /// once (two bytes of prefixes per line; longer prefixes grow the buffer).
+    pub fn encoded_len_hint(&self) -> usize {
+        2 + self
+            .field_lines()
+            .map(|(n, v)| n.len() + v.len() + 2)
+            .sum::<usize>()
     }
 
     pub fn len(&self) -> usize {
@@ -255,10 +297,9 @@ enum Field {
 }
 
 impl Field {
-    fn parse<N, V>(name: N, value: V) -> Result<Self, HeaderError>
+    fn parse<N>(name: N, value: Cow<'static, [u8]>) -> Result<Self, HeaderError>
     where
         N: AsRef<[u8]>,
-        V: AsRef<[u8]>,
     {
         let name = name.as_ref();
         if name.is_empty() {
@@ -281,11 +322,9 @@ impl Field {
         //# treated as malformed.
 
         if name[0] != b':' {
-            return Ok(Field::Header((
-                HeaderName::from_lowercase(name).map_err(|_| HeaderError::invalid_name(name))?,
-                HeaderValue::from_bytes(value.as_ref())
-                    .map_err(|_| HeaderError::invalid_value(name, value))?,
-            )));
+            let header_name =
+                HeaderName::from_lowercase(name).map_err(|_| HeaderError::invalid_name(name))?;
+            return Ok(Field::Header((header_name, header_value(name, value)?)));
         }
 
         Ok(match name {
@@ -307,6 +346,22 @@ impl Field {
             _ => return Err(HeaderError::invalid_name(name)),
         })
     }
+}
+
+/// Tether patch (see vendor/README.md at the repository root): a value the decoder
+/// produced as its own `Vec` becomes the `HeaderValue`'s storage as it is, where
+/// `HeaderValue::from_bytes` would copy it into a new allocation.
+fn header_value(name: &[u8], value: Cow<'static, [u8]>) -> Result<HeaderValue, HeaderError> {
+    let v = match value {
+        Cow::Borrowed(b) => HeaderValue::from_bytes(b),
+        Cow::Owned(v) => HeaderValue::from_maybe_shared(bytes::Bytes::from(v)),
+    };
+    v.map_err(|_| {
+        HeaderError::InvalidHeaderValue(format!(
+            "{:?}: not a valid field value",
+            String::from_utf8_lossy(name)
+        ))
+    })
 }
 
 fn try_value<N, V, R>(name: N, value: V) -> Result<R, HeaderError>

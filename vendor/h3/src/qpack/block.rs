@@ -318,6 +318,16 @@ impl LiteralWithNameRef {
         }
     }
 
+    /// Tether patch: the static form, written from a borrowed value.
+    pub fn encode_static<W: BufMut>(
+        index: usize,
+        value: &[u8],
+        buf: &mut W,
+    ) -> Result<(), prefix_string::Error> {
+        prefix_int::encode(4, 0b0101, index as u64, buf);
+        prefix_string::encode(8, 0, value, buf)
+    }
+
     pub fn encode<W: BufMut>(&self, buf: &mut W) -> Result<(), prefix_string::Error> {
         match self {
             LiteralWithNameRef::Static { index, value } => {
@@ -399,8 +409,17 @@ impl Literal {
     }
 
     pub fn encode<W: BufMut>(&self, buf: &mut W) -> Result<(), prefix_string::Error> {
-        prefix_string::encode(4, 0b0010, &self.name, buf)?;
-        prefix_string::encode(8, 0, &self.value, buf)?;
+        Self::encode_borrowed(&self.name, &self.value, buf)
+    }
+
+    /// Tether patch: written from a borrowed name and value.
+    pub fn encode_borrowed<W: BufMut>(
+        name: &[u8],
+        value: &[u8],
+        buf: &mut W,
+    ) -> Result<(), prefix_string::Error> {
+        prefix_string::encode(4, 0b0010, name, buf)?;
+        prefix_string::encode(8, 0, value, buf)?;
         Ok(())
     }
 }

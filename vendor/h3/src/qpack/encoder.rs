@@ -2,6 +2,7 @@ use std::{cmp, io::Cursor};
 
 use bytes::{Buf, BufMut};
 
+use super::field::ESTIMATED_OVERHEAD_BYTES;
 use super::{
     block::{
         HeaderPrefix, Indexed, IndexedWithPostBase, Literal, LiteralWithNameRef,
@@ -200,18 +201,47 @@ where
     HeaderPrefix::new(0, 0, 0, 0).encode(block);
     for field in fields {
         let field = field.as_ref();
-
-        if let Some(index) = StaticTable::find(field) {
-            Indexed::Static(index).encode(block);
-        } else if let Some(index) = StaticTable::find_name(&field.name) {
-            LiteralWithNameRef::new_static(index, field.value.clone()).encode(block)?;
-        } else {
-            Literal::new(field.name.clone(), field.value.clone()).encode(block)?;
-        }
-
-        size += field.mem_size() as u64;
+        size += encode_field_stateless(block, &field.name, &field.value)?;
     }
     Ok(size)
+}
+
+/// Tether patch (see vendor/README.md at the repository root): `encode_stateless` for
+/// borrowed field lines. Upstream's only entry point takes owned `HeaderField`s, so each
+/// name and value of a request or response was copied into a new `Vec` (and each value
+/// once more for a name reference) only to be written into the block; h3's own request
+/// and response paths now pass `Header::field_lines`, which borrows them from the
+/// `HeaderMap`. The bytes on the wire are the same.
+pub fn encode_stateless_borrowed<'a, W, T>(block: &mut W, fields: T) -> Result<u64, EncoderError>
+where
+    W: BufMut,
+    T: IntoIterator<Item = (&'a [u8], &'a [u8])>,
+{
+    let mut size = 0;
+
+    HeaderPrefix::new(0, 0, 0, 0).encode(block);
+    for (name, value) in fields {
+        size += encode_field_stateless(block, name, value)?;
+    }
+    Ok(size)
+}
+
+/// One field line with the static table only: indexed when the whole line is in the
+/// table, a name reference when its name is, a literal otherwise. Returns the line's
+/// size as RFC 9204 §3.2.1 counts it (name, value and 32 bytes).
+fn encode_field_stateless<W: BufMut>(
+    block: &mut W,
+    name: &[u8],
+    value: &[u8],
+) -> Result<u64, EncoderError> {
+    if let Some(index) = StaticTable::find_line(name, value) {
+        Indexed::Static(index).encode(block);
+    } else if let Some(index) = StaticTable::find_name(name) {
+        LiteralWithNameRef::encode_static(index, value, block)?;
+    } else {
+        Literal::encode_borrowed(name, value, block)?;
+    }
+    Ok((name.len() + value.len() + ESTIMATED_OVERHEAD_BYTES) as u64)
 }
 
 #[cfg(test)]

@@ -123,13 +123,15 @@ where
         } = parts;
         let headers = Header::response(status, headers);
 
-        let mut block = BytesMut::new();
-        let mem_size = qpack::encode_stateless(&mut block, headers).map_err(|_e| {
-            self.handle_connection_error_on_stream(InternalConnectionError {
-                code: Code::H3_INTERNAL_ERROR,
-                message: "Failed to encode headers".to_string(),
-            })
-        })?;
+        // Tether patch: a buffer sized once, and the field lines borrowed.
+        let mut block = BytesMut::with_capacity(headers.encoded_len_hint());
+        let mem_size = qpack::encode_stateless_borrowed(&mut block, headers.field_lines())
+            .map_err(|_e| {
+                self.handle_connection_error_on_stream(InternalConnectionError {
+                    code: Code::H3_INTERNAL_ERROR,
+                    message: "Failed to encode headers".to_string(),
+                })
+            })?;
 
         let max_mem_size = self.inner.settings().max_field_section_size;
 

@@ -46,12 +46,16 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
         return Err(Error::UnexpectedEnd);
     }
 
-    let payload = buf.copy_to_bytes(len);
+    // Tether patch (see vendor/README.md at the repository root): the literal is copied
+    // out in one `copy_to_slice` instead of being split off the buffer as `Bytes` (which
+    // allocates to share a `Vec`-backed buffer) and collected into a `Vec` byte by byte.
+    let mut payload = vec![0; len];
+    buf.copy_to_slice(&mut payload);
     let value = if flags & 1 == 0 {
-        payload.into_iter().collect()
+        payload
     } else {
         let mut decoded = Vec::new();
-        for byte in payload.into_iter().collect::<Vec<u8>>().hpack_decode() {
+        for byte in payload.hpack_decode() {
             decoded.push(byte?);
         }
         decoded
