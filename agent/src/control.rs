@@ -12,17 +12,30 @@ use h3::server::RequestStream;
 use http::Response;
 use tether_proto::control::{Decoder, Event};
 use tokio::sync::Notify;
-use tracing::{debug, info};
+use tracing::{debug, info, Instrument, Span};
 
 /// Per-connection state shared by the connection's slot and its control stream.
-#[derive(Default)]
 pub struct ConnControl {
     drain: Notify,
     drained: Notify,
     relay_draining: AtomicBool,
+    /// The connection's `tunnel` span. Request tasks do not run inside it (entering it
+    /// on every poll cost more than the rest of their logging), so the control stream,
+    /// whose lines are about the tunnel, enters it itself.
+    span: Span,
 }
 
 impl ConnControl {
+    /// State for a connection served inside `span`.
+    pub fn new(span: Span) -> Self {
+        ConnControl {
+            drain: Notify::new(),
+            drained: Notify::new(),
+            relay_draining: AtomicBool::new(false),
+            span,
+        }
+    }
+
     /// Asks the relay to stop sending requests on this connection.
     pub fn request_drain(&self) {
         self.drain.notify_one();
@@ -62,9 +75,13 @@ impl ConnControl {
                 }
             }
         };
-        if let Err(e) = result.await {
-            let e: h3::error::StreamError = e;
-            debug!(error = %e, "control stream ended");
+        async {
+            if let Err(e) = result.await {
+                let e: h3::error::StreamError = e;
+                debug!(error = %e, "control stream ended");
+            }
         }
+        .instrument(self.span.clone())
+        .await
     }
 }

@@ -157,7 +157,7 @@ impl Agent {
             .tunnel_up
             .get_or_create(&Metrics::slot(slot))
             .clone();
-        let outcome = self.serve_connection(&conn, cfg, &gauge).await;
+        let outcome = self.serve_connection(slot, &conn, cfg, &gauge).await;
         // Let the close frame reach the relay before the socket goes away.
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         match outcome {
@@ -171,6 +171,7 @@ impl Agent {
 
     async fn serve_connection(
         &self,
+        slot: usize,
         conn: &quinn::Connection,
         cfg: &Config,
         up: &prometheus_client::metrics::gauge::Gauge,
@@ -197,9 +198,13 @@ impl Agent {
             up.set(0);
             self.tunnels_up.fetch_sub(1, Ordering::Relaxed);
         });
-        let control = Arc::new(ConnControl::default());
+        let control = Arc::new(ConnControl::new(tracing::Span::current()));
         let in_flight = TaskTracker::new();
         let mut drain_deadline: Option<tokio::time::Instant> = None;
+        // Made once, not once per accepted request: each new one registers with the
+        // token (a lock) when polled and unregisters when dropped.
+        let stop = self.stop.cancelled();
+        tokio::pin!(stop);
         let stopping = loop {
             let deadline = drain_deadline;
             tokio::select! {
@@ -207,8 +212,9 @@ impl Agent {
                     Ok(Some(resolver)) => {
                         // Boxed: the handler's future is ~4.8 KB, and spawning moves it
                         // through several wrappers; a box moves as one pointer.
-                        let request = Box::pin(handle(self.service.clone(), resolver, control.clone()));
-                        in_flight.spawn(request.in_current_span());
+                        // Not in the tunnel's span: see `serve::handle`.
+                        let request = Box::pin(handle(self.service.clone(), resolver, control.clone(), slot));
+                        in_flight.spawn(request);
                     }
                     Ok(None) => break Err("relay ended the connection".to_owned()),
                     Err(e) => {
@@ -221,7 +227,7 @@ impl Agent {
                         break Err(format!("{e}"));
                     }
                 },
-                _ = self.stop.cancelled(), if deadline.is_none() => {
+                _ = &mut stop, if deadline.is_none() => {
                     info!("draining: asking the relay to move new requests elsewhere");
                     control.request_drain();
                     drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_timeout);
