@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use rustls::server::WebPkiClientVerifier;
 use tether_proto::congestion::Congestion;
 use tether_proto::tls::{load_certs, load_key, load_roots, provider};
-use tether_proto::udp_socket::{client_endpoint, TunnelRuntime};
+use tether_proto::udp_socket::{client_endpoint, endpoint};
 use tether_proto::wire::{transport_config, Side};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -48,12 +48,8 @@ pub async fn relay(tcp: SocketAddr, quic: SocketAddr, pki: &Path) -> Result<()> 
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(transport_config(Side::Relay, Congestion::default()));
-    let endpoint = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        std::net::UdpSocket::bind(quic).with_context(|| format!("binding {quic}"))?,
-        Arc::new(TunnelRuntime),
-    )?;
+    let endpoint = endpoint(quic, quinn::EndpointConfig::default(), Some(server))
+        .with_context(|| format!("binding {quic}"))?;
     let listener = TcpListener::bind(tcp)
         .await
         .with_context(|| format!("binding {tcp}"))?;

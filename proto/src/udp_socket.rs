@@ -55,15 +55,20 @@ impl Runtime for TunnelRuntime {
     }
 }
 
-/// A client-only QUIC endpoint on a UDP socket bound to `bind`, on [`TunnelRuntime`]:
-/// how agents dial the relay.
+/// A QUIC endpoint on a UDP socket bound to `bind`, on [`TunnelRuntime`]: how the relay
+/// listens for agents (`server` set).
+pub fn endpoint(
+    bind: SocketAddr,
+    config: quinn::EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+) -> io::Result<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(bind)?;
+    quinn::Endpoint::new(config, server, socket, Arc::new(TunnelRuntime))
+}
+
+/// A client-only [`endpoint`]: how agents dial the relay.
 pub fn client_endpoint(bind: SocketAddr) -> io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        std::net::UdpSocket::bind(bind)?,
-        Arc::new(TunnelRuntime),
-    )
+    endpoint(bind, quinn::EndpointConfig::default(), None)
 }
 
 /// A UDP socket registered with tokio for read readiness only.

@@ -101,18 +101,16 @@ async fn run(cfg: Config, source: reload::Source) -> Result<()> {
     )?);
     let enroller = Arc::new(enroll::Enroller::new(&cfg, revocations.clone())?);
 
-    let socket = std::net::UdpSocket::bind(cfg.tunnel.listen)
-        .with_context(|| format!("binding tunnel.listen {}", cfg.tunnel.listen))?;
-    let endpoint = quinn::Endpoint::new(
+    let endpoint = tether_proto::udp_socket::endpoint(
+        cfg.tunnel.listen,
         tls::endpoint_config(&cfg.tunnel)?,
         Some(tls::server_config(
             &cfg.tunnel,
             revocations.clone(),
             metrics.clone(),
         )?),
-        socket,
-        Arc::new(tether_proto::udp_socket::TunnelRuntime),
-    )?;
+    )
+    .with_context(|| format!("binding tunnel.listen {}", cfg.tunnel.listen))?;
     info!(addr = %endpoint.local_addr()?, "tunnel listening");
 
     let ingress = TcpListener::bind(cfg.ingress.listen)

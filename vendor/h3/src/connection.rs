@@ -5,7 +5,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use futures_util::{future, ready};
 use http::HeaderMap;
 use stream::WriteBuf;
@@ -1055,15 +1055,13 @@ where
         //= type=TODO
         //# Characters in field names MUST be
         //# converted to lowercase prior to their encoding.
-        let mut block = BytesMut::new();
-
-        let mem_size =
-            qpack::encode_stateless(&mut block, Header::trailer(trailers)).map_err(|_e| {
-                self.handle_connection_error_on_stream(InternalConnectionError {
-                    code: Code::H3_INTERNAL_ERROR,
-                    message: "Failed to encode trailers".to_string(),
-                })
-            })?;
+        // Tether patch: `Header::encode`, without copies.
+        let (block, mem_size) = Header::trailer(trailers).encode().map_err(|_e| {
+            self.handle_connection_error_on_stream(InternalConnectionError {
+                code: Code::H3_INTERNAL_ERROR,
+                message: "Failed to encode trailers".to_string(),
+            })
+        })?;
 
         let max_mem_size = self.settings().max_field_section_size;
 

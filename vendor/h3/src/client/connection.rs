@@ -6,7 +6,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use futures_util::future;
 use http::request;
 
@@ -21,7 +21,6 @@ use crate::{
     },
     frame::FrameStream,
     proto::{frame::Frame, headers::Header, push::PushId},
-    qpack,
     quic::{self, StreamId},
     shared_state::{ConnectionState, SharedState},
     stream::{self, BufRecvStream},
@@ -186,15 +185,13 @@ where
         //# ([COOKIES]) MAY be split into separate field lines, each with one or
         //# more cookie-pairs, before compression.
 
-        // Tether patch: a buffer sized once, and the field lines borrowed.
-        let mut block = BytesMut::with_capacity(headers.encoded_len_hint());
-        let mem_size = qpack::encode_stateless_borrowed(&mut block, headers.field_lines())
-            .map_err(|_e| {
-                self.handle_connection_error_on_stream(InternalConnectionError {
-                    code: Code::H3_INTERNAL_ERROR,
-                    message: "Failed to encode headers".to_string(),
-                })
-            })?;
+        // Tether patch: `Header::encode`, without copies.
+        let (block, mem_size) = headers.encode().map_err(|_e| {
+            self.handle_connection_error_on_stream(InternalConnectionError {
+                code: Code::H3_INTERNAL_ERROR,
+                message: "Failed to encode headers".to_string(),
+            })
+        })?;
 
         //= https://www.rfc-editor.org/rfc/rfc9114#section-4.2.2
         //# An implementation that

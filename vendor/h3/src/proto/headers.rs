@@ -12,7 +12,12 @@ use http::{
     Extensions, HeaderMap, Method, StatusCode,
 };
 
-use crate::{ext::Protocol, qpack::HeaderField};
+use bytes::BytesMut;
+
+use crate::{
+    ext::Protocol,
+    qpack::{self, EncoderError, HeaderField},
+};
 
 #[derive(Debug)]
 #[cfg_attr(test, derive(PartialEq, Clone))]
@@ -122,45 +127,40 @@ impl Header {
         self.fields
     }
 
-    /// Tether patch (see vendor/README.md at the repository root): the field lines in
-    /// the order `into_iter` yields them (pseudo-headers first), borrowed rather than
-    /// copied into owned `HeaderField`s, for `qpack::encode_stateless_borrowed`.
-    pub fn field_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        let p = &self.pseudo;
-        let pseudo = [
-            p.method
-                .as_ref()
-                .map(|m| (&b":method"[..], m.as_str().as_bytes())),
-            p.scheme
-                .as_ref()
-                .map(|s| (&b":scheme"[..], s.as_str().as_bytes())),
-            p.authority
-                .as_ref()
-                .map(|a| (&b":authority"[..], a.as_str().as_bytes())),
-            p.path
-                .as_ref()
-                .map(|x| (&b":path"[..], x.as_str().as_bytes())),
-            p.status
-                .as_ref()
-                .map(|s| (&b":status"[..], s.as_str().as_bytes())),
-            p.protocol
-                .as_ref()
-                .map(|x| (&b":protocol"[..], x.as_str().as_bytes())),
-        ];
-        pseudo.into_iter().flatten().chain(
-            self.fields
-                .iter()
-                .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())),
-        )
-    }
-
-    /// Tether patch: about the size of the encoded field section, to size its buffer
-    /// once (two bytes of prefixes per line; longer prefixes grow the buffer).
-    pub fn encoded_len_hint(&self) -> usize {
-        2 + self
+    /// Tether patch (see vendor/README.md at the repository root): QPACK-encodes this
+    /// field section (static table only) into a block sized once, writing names and
+    /// values straight from the `HeaderMap`, and returns it with the section's size as
+    /// RFC 9114 §4.2.2 limits it. Upstream's callers built owned `HeaderField`s, copying
+    /// every name and value, and grew the block as they went. h3's request, response and
+    /// trailer paths all encode through here.
+    pub fn encode(&self) -> Result<(BytesMut, u64), EncoderError> {
+        // Two bytes of prefixes per line; a longer prefix grows the block.
+        let len = 2 + self
             .field_lines()
             .map(|(n, v)| n.len() + v.len() + 2)
-            .sum::<usize>()
+            .sum::<usize>();
+        let mut block = BytesMut::with_capacity(len);
+        let size = qpack::encode_stateless_borrowed(&mut block, self.field_lines())?;
+        Ok((block, size))
+    }
+
+    /// The field lines in the order `into_iter` yields them (pseudo-headers first),
+    /// borrowed.
+    fn field_lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let p = &self.pseudo;
+        let pseudo = [
+            (":method", p.method.as_ref().map(Method::as_str)),
+            (":scheme", p.scheme.as_ref().map(Scheme::as_str)),
+            (":authority", p.authority.as_ref().map(Authority::as_str)),
+            (":path", p.path.as_ref().map(PathAndQuery::as_str)),
+            (":status", p.status.as_ref().map(StatusCode::as_str)),
+            (":protocol", p.protocol.as_ref().map(Protocol::as_str)),
+        ];
+        let fields = self.fields.iter();
+        pseudo
+            .into_iter()
+            .filter_map(|(n, v)| Some((n.as_bytes(), v?.as_bytes())))
+            .chain(fields.map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes())))
     }
 
     pub fn len(&self) -> usize {

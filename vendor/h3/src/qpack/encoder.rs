@@ -209,8 +209,8 @@ where
 /// Tether patch (see vendor/README.md at the repository root): `encode_stateless` for
 /// borrowed field lines. Upstream's only entry point takes owned `HeaderField`s, so each
 /// name and value of a request or response was copied into a new `Vec` (and each value
-/// once more for a name reference) only to be written into the block; h3's own request
-/// and response paths now pass `Header::field_lines`, which borrows them from the
+/// once more for a name reference) only to be written into the block; h3's own request,
+/// response and trailer paths now go through `Header::encode`, which borrows them from the
 /// `HeaderMap`. The bytes on the wire are the same.
 pub fn encode_stateless_borrowed<'a, W, T>(block: &mut W, fields: T) -> Result<u64, EncoderError>
 where

@@ -20,7 +20,6 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::BytesMut;
 use futures_util::future;
 use http::{response, HeaderMap, Response};
 
@@ -28,7 +27,6 @@ use quic::StreamId;
 
 use crate::{
     proto::{frame::Frame, headers::Header},
-    qpack,
     quic::SendStream as _,
     stream::{self},
 };
@@ -123,15 +121,13 @@ where
         } = parts;
         let headers = Header::response(status, headers);
 
-        // Tether patch: a buffer sized once, and the field lines borrowed.
-        let mut block = BytesMut::with_capacity(headers.encoded_len_hint());
-        let mem_size = qpack::encode_stateless_borrowed(&mut block, headers.field_lines())
-            .map_err(|_e| {
-                self.handle_connection_error_on_stream(InternalConnectionError {
-                    code: Code::H3_INTERNAL_ERROR,
-                    message: "Failed to encode headers".to_string(),
-                })
-            })?;
+        // Tether patch: `Header::encode`, without copies.
+        let (block, mem_size) = headers.encode().map_err(|_e| {
+            self.handle_connection_error_on_stream(InternalConnectionError {
+                code: Code::H3_INTERNAL_ERROR,
+                message: "Failed to encode headers".to_string(),
+            })
+        })?;
 
         let max_mem_size = self.inner.settings().max_field_section_size;
 
