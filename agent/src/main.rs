@@ -34,11 +34,12 @@ use crate::metrics::Metrics;
 use crate::routes::Routes;
 use crate::serve::Service;
 
-/// mimalloc instead of the system allocator: glibc malloc/free were about 12 % of the
-/// CPU per request under load (perf), mostly short-lived per-request buffers; measured
-/// +13 % req/s through one tunnel (bench/RESULTS.md).
+/// mimalloc (through `tether_proto::alloc`) instead of the system allocator: glibc
+/// malloc/free were about 12 % of the CPU per request under load (perf), mostly
+/// short-lived per-request buffers; measured +13 % req/s through one tunnel
+/// (bench/RESULTS.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tether_proto::alloc::Allocator = tether_proto::alloc::Allocator;
 
 #[derive(Parser)]
 #[command(

@@ -6,6 +6,7 @@
 //! TLS plumbing ([`tls`]).
 
 pub mod admin;
+pub mod alloc;
 pub mod config;
 pub mod congestion;
 pub mod control;

@@ -31,11 +31,12 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::tunnel::TunnelRegistry;
 
-/// mimalloc instead of the system allocator: glibc malloc/free were about 12 % of the
-/// CPU per request under load (perf), mostly short-lived per-request buffers; measured
-/// +13 % req/s through one tunnel (bench/RESULTS.md).
+/// mimalloc (through `tether_proto::alloc`) instead of the system allocator: glibc
+/// malloc/free were about 12 % of the CPU per request under load (perf), mostly
+/// short-lived per-request buffers; measured +13 % req/s through one tunnel
+/// (bench/RESULTS.md).
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tether_proto::alloc::Allocator = tether_proto::alloc::Allocator;
 
 #[derive(Parser)]
 #[command(
