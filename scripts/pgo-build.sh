@@ -3,6 +3,7 @@
 #
 #   scripts/pgo-build.sh            # -> target/pgo/release/{tether-relay,tether-agent,tether-certs}
 #   scripts/pgo-build.sh --quick    # a few seconds of training: checks that the steps work
+#   PGO_BOLT=0 scripts/pgo-build.sh # without the BOLT stage
 #
 # Exit status 3: llvm-profdata is not available here (nothing was built).
 #
@@ -17,6 +18,12 @@
 # traffic through a real relay and agent (sequential and 64 concurrent GETs, one upload
 # and one download), (3) merge the profiles, (4) build again with them. Needs
 # `llvm-profdata` of the toolchain's LLVM: `rustup component add llvm-tools` (tried here).
+#
+# Then, where LLVM's post-link optimiser BOLT is installed (Debian: `apt install
+# bolt-16`), (5) instrument the optimised binaries with it, train them the same way, and
+# rewrite them with the hot code laid out by that profile (bench/RESULTS.md, eighth
+# round: added p50 at one caller -1.5 us on average over the PGO build alone, six
+# alternating pairs). Without BOLT the PGO binaries are the result, with a note.
 # tether-certs is not on the request path and is copied from the plain release build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +44,7 @@ if [[ ! -x "$profdata" ]]; then
 fi
 
 out=$PWD/target/pgo
-rm -rf "$out/profiles" "$out/train"
+rm -rf "$out/profiles" "$out/train" "$out/bolt"
 mkdir -p "$out/profiles"
 
 echo "pgo: plain release build (harness, tether-certs) ..." >&2
@@ -52,14 +59,18 @@ rm -f "$out"/profiles/*.profraw
 
 echo "pgo: training on the harness's traffic ..." >&2
 if ((quick)); then
-  train=(--smoke)
+  train_args=(--smoke)
 else
-  train=(--reps 1 --latency-requests 5000 --concurrency 1,64 --seconds 4 --warmup-seconds 0
+  train_args=(--reps 1 --latency-requests 5000 --concurrency 1,64 --seconds 4 --warmup-seconds 0
          --bulk-bytes 268435456)
 fi
-target/release/tether-bench run --scenarios latency,throughput,bulk --targets tether \
-  --bin-dir "$out/gen/release" --out "$out/train" "${train[@]}" >"$out/train.log" 2>&1 ||
-  { cat "$out/train.log" >&2; echo "error: training run failed" >&2; exit 1; }
+# train BIN_DIR NAME: the harness's traffic through the binaries in BIN_DIR.
+train() {
+  target/release/tether-bench run --scenarios latency,throughput,bulk --targets tether \
+    --bin-dir "$1" --out "$out/$2" "${train_args[@]}" >"$out/$2.log" 2>&1 ||
+    { cat "$out/$2.log" >&2; echo "error: training run ($2) failed" >&2; exit 1; }
+}
+train "$out/gen/release" train
 shopt -s nullglob
 raw=("$out"/profiles/*.profraw)
 if ((${#raw[@]} == 0)); then
@@ -69,14 +80,57 @@ fi
 "$profdata" merge -o "$out/merged.profdata" "${raw[@]}"
 
 echo "pgo: optimised build ..." >&2
-RUSTFLAGS="-Cprofile-use=$out/merged.profdata" CARGO_TARGET_DIR="$out/use" \
+# --emit-relocs keeps the relocations BOLT needs to move functions; it only adds to the
+# file's size.
+RUSTFLAGS="-Cprofile-use=$out/merged.profdata -Clink-arg=-Wl,--emit-relocs" \
+  CARGO_TARGET_DIR="$out/use" \
   cargo build --release --locked --quiet -p tether-relay -p tether-agent
 mkdir -p "$out/release"
 for b in tether-relay tether-agent; do
   install -m 0755 "$out/use/release/$b" "$out/release/$b"
 done
 install -m 0755 target/release/tether-certs "$out/release/tether-certs"
+
+# The LLVM directory of the newest BOLT installed (its runtime library sits next to it).
+bolt_dir=""
+if [[ "${PGO_BOLT:-1}" != 0 ]]; then
+  for d in /usr/lib/llvm-*/; do
+    [[ -x "$d/bin/llvm-bolt" && -f "$d/lib/libbolt_rt_instr.a" ]] && bolt_dir=${d%/}
+  done
+fi
+if [[ -n "$bolt_dir" ]]; then
+  echo "pgo: BOLT ($bolt_dir): instrumenting, training, rewriting ..." >&2
+  bolt="$bolt_dir/bin/llvm-bolt"
+  mkdir -p "$out/bolt/inst" "$out/bolt/fdata"
+  cp target/release/tether-certs "$out/bolt/inst/"
+  for b in tether-relay tether-agent; do
+    # The runtime library is named bare: BOLT looks for it in its own lib directory.
+    "$bolt" "$out/release/$b" -o "$out/bolt/inst/$b" -instrument \
+      --runtime-instrumentation-lib=libbolt_rt_instr.a \
+      --instrumentation-file="$out/bolt/fdata/$b" --instrumentation-file-append-pid \
+      >"$out/bolt/$b.instrument.log" 2>&1 ||
+      { cat "$out/bolt/$b.instrument.log" >&2; echo "error: BOLT could not instrument $b" >&2; exit 1; }
+  done
+  train "$out/bolt/inst" bolt-train
+  for b in tether-relay tether-agent; do
+    fdata=("$out/bolt/fdata/$b".*.fdata)
+    if [[ ! -f "${fdata[0]}" ]]; then
+      echo "error: the BOLT training run wrote no profile for $b" >&2
+      exit 1
+    fi
+    "$bolt_dir/bin/merge-fdata" "${fdata[@]}" >"$out/bolt/$b.fdata" 2>"$out/bolt/$b.merge.log"
+    "$bolt" "$out/release/$b" -o "$out/bolt/$b" -data="$out/bolt/$b.fdata" \
+      -reorder-blocks=ext-tsp -reorder-functions=hfsort+ -split-functions -split-all-cold \
+      -split-eh -icf=1 -use-gnu-stack -dyno-stats >"$out/bolt/$b.optimize.log" 2>&1 ||
+      { cat "$out/bolt/$b.optimize.log" >&2; echo "error: BOLT could not rewrite $b" >&2; exit 1; }
+    "$out/bolt/$b" --version >/dev/null ||
+      { echo "error: the BOLT-rewritten $b does not run" >&2; exit 1; }
+    install -m 0755 "$out/bolt/$b" "$out/release/$b"
+  done
+elif [[ "${PGO_BOLT:-1}" != 0 ]]; then
+  echo "pgo: note: llvm-bolt not found (apt install bolt-16); the binaries are PGO only" >&2
+fi
 for b in tether-relay tether-agent; do
   "$out/release/$b" --version >/dev/null || { echo "error: $out/release/$b does not run" >&2; exit 1; }
 done
-echo "pgo: done: $out/release (profiles from ${#raw[@]} processes)" >&2
+echo "pgo: done: $out/release (profiles from ${#raw[@]} processes${bolt_dir:+; BOLT-rewritten})" >&2
