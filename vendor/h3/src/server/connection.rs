@@ -176,7 +176,15 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<C::BidiStream>, ConnectionError>> {
         let _ = self.poll_control(cx)?;
-        let _ = self.poll_requests_completion(cx);
+        // Tether patch (see vendor/README.md at the repository root): completed requests
+        // wake this task only while the connection is closing, when it waits for them.
+        // Before that they are only counted, so a finished request costs no extra poll
+        // of the accept loop.
+        if self.recv_closing.is_some() || self.sent_closing.is_some() {
+            let _ = self.poll_requests_completion(cx);
+        } else {
+            self.drain_requests_completion();
+        }
         loop {
             let conn = self.inner.poll_accept_bi(cx)?;
             return match conn {
@@ -272,6 +280,14 @@ where
             }
         }
         Poll::Ready(Ok(frame))
+    }
+
+    /// Tether patch: forgets the requests that have completed, without registering for
+    /// a wake-up when more do.
+    fn drain_requests_completion(&mut self) {
+        while let Ok(id) = self.request_end_recv.try_recv() {
+            self.ongoing_streams.remove(&id);
+        }
     }
 
     #[cfg_attr(feature = "tracing", instrument(skip_all, level = "trace"))]
