@@ -1081,7 +1081,7 @@ where
             });
         }
 
-        stream::write(&mut self.stream, Frame::Headers(block.freeze()))
+        stream::write(&mut self.stream, WriteBuf::encoded_headers(block))
             .await
             .map_err(|e| self.handle_quic_stream_error(e))?;
 

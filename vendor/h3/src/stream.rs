@@ -194,6 +194,23 @@ where
     }
 }
 
+impl<B> WriteBuf<B>
+where
+    B: Buf,
+{
+    /// Tether patch (see vendor/README.md at the repository root): a HEADERS frame that
+    /// `Header::encode` returned whole, type and length included, so the transport gets
+    /// it as one chunk.
+    pub(crate) fn encoded_headers(frame: Bytes) -> Self {
+        Self {
+            buf: [0; WRITE_BUF_ENCODE_SIZE],
+            len: 0,
+            pos: 0,
+            frame: Some(Frame::Headers(frame)),
+        }
+    }
+}
+
 impl<B> From<(StreamType, Frame<B>)> for WriteBuf<B>
 where
     B: Buf,

@@ -23,7 +23,7 @@ use crate::{
     proto::{frame::Frame, headers::Header, push::PushId},
     quic::{self, StreamId},
     shared_state::{ConnectionState, SharedState},
-    stream::{self, BufRecvStream},
+    stream::{self, BufRecvStream, WriteBuf},
 };
 
 use super::stream::RequestStream;
@@ -209,7 +209,7 @@ where
             });
         }
 
-        stream::write(&mut stream, Frame::Headers(block.freeze()))
+        stream::write(&mut stream, WriteBuf::encoded_headers(block))
             .await
             .map_err(|e| self.handle_quic_stream_error(e))?;
 

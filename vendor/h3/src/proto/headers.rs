@@ -12,10 +12,11 @@ use http::{
     Extensions, HeaderMap, Method, StatusCode,
 };
 
-use bytes::BytesMut;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::{
     ext::Protocol,
+    proto::{coding::BufMutExt, frame::FrameType},
     qpack::{self, EncoderError, HeaderField},
 };
 
@@ -133,15 +134,33 @@ impl Header {
     /// RFC 9114 §4.2.2 limits it. Upstream's callers built owned `HeaderField`s, copying
     /// every name and value, and grew the block as they went. h3's request, response and
     /// trailer paths all encode through here.
-    pub fn encode(&self) -> Result<(BytesMut, u64), EncoderError> {
+    ///
+    /// What it returns is the whole HEADERS frame, its type and length in front of the
+    /// block in the same buffer, so the stream takes it in one write (the frame header
+    /// on its own had cost the transport a write of its own: a lock, an allocation and
+    /// its bookkeeping).
+    pub fn encode(&self) -> Result<(Bytes, u64), EncoderError> {
+        /// Room for the frame header: the type (one byte) and the length (a varint).
+        const ROOM: usize = 1 + 8;
         // Two bytes of prefixes per line; a longer prefix grows the block.
-        let len = 2 + self
-            .field_lines()
-            .map(|(n, v)| n.len() + v.len() + 2)
-            .sum::<usize>();
-        let mut block = BytesMut::with_capacity(len);
-        let size = qpack::encode_stateless_borrowed(&mut block, self.field_lines())?;
-        Ok((block, size))
+        let len = ROOM
+            + 2
+            + self
+                .field_lines()
+                .map(|(n, v)| n.len() + v.len() + 2)
+                .sum::<usize>();
+        let mut frame = BytesMut::with_capacity(len);
+        frame.put_bytes(0, ROOM);
+        let size = qpack::encode_stateless_borrowed(&mut frame, self.field_lines())?;
+
+        let mut head = [0u8; ROOM];
+        let mut w = &mut head[..];
+        FrameType::HEADERS.encode(&mut w);
+        w.write_var((frame.len() - ROOM) as u64);
+        let head_len = ROOM - w.len();
+        frame[ROOM - head_len..ROOM].copy_from_slice(&head[..head_len]);
+        frame.advance(ROOM - head_len);
+        Ok((frame.freeze(), size))
     }
 
     /// The field lines in the order `into_iter` yields them (pseudo-headers first),

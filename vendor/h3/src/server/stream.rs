@@ -26,9 +26,9 @@ use http::{response, HeaderMap, Response};
 use quic::StreamId;
 
 use crate::{
-    proto::{frame::Frame, headers::Header},
+    proto::headers::Header,
     quic::SendStream as _,
-    stream::{self},
+    stream::{self, WriteBuf},
 };
 
 #[cfg(feature = "tracing")]
@@ -147,7 +147,7 @@ where
             });
         }
 
-        stream::write(&mut self.inner.stream, Frame::Headers(block.freeze()))
+        stream::write(&mut self.inner.stream, WriteBuf::encoded_headers(block))
             .await
             .map_err(|e| self.handle_quic_stream_error(e))?;
 
