@@ -98,39 +98,51 @@ if [[ "${PGO_BOLT:-1}" != 0 ]]; then
     [[ -x "$d/bin/llvm-bolt" && -f "$d/lib/libbolt_rt_instr.a" ]] && bolt_dir=${d%/}
   done
 fi
-if [[ -n "$bolt_dir" ]]; then
-  echo "pgo: BOLT ($bolt_dir): instrumenting, training, rewriting ..." >&2
-  bolt="$bolt_dir/bin/llvm-bolt"
-  mkdir -p "$out/bolt/inst" "$out/bolt/fdata"
-  cp target/release/tether-certs "$out/bolt/inst/"
+# bolt_stage: instrument, train, rewrite; the rewritten binaries replace the PGO ones
+# only when both were made and run. Returns non-zero, having said why, on any failure.
+bolt_stage() {
+  local bolt="$bolt_dir/bin/llvm-bolt" b fdata
+  mkdir -p "$out/bolt/inst" "$out/bolt/fdata" || return 1
+  cp target/release/tether-certs "$out/bolt/inst/" || return 1
   for b in tether-relay tether-agent; do
     # The runtime library is named bare: BOLT looks for it in its own lib directory.
     "$bolt" "$out/release/$b" -o "$out/bolt/inst/$b" -instrument \
       --runtime-instrumentation-lib=libbolt_rt_instr.a \
       --instrumentation-file="$out/bolt/fdata/$b" --instrumentation-file-append-pid \
       >"$out/bolt/$b.instrument.log" 2>&1 ||
-      { cat "$out/bolt/$b.instrument.log" >&2; echo "error: BOLT could not instrument $b" >&2; exit 1; }
+      { tail -5 "$out/bolt/$b.instrument.log" >&2; echo "BOLT could not instrument $b" >&2; return 1; }
   done
-  train "$out/bolt/inst" bolt-train
+  (train "$out/bolt/inst" bolt-train) || return 1
   for b in tether-relay tether-agent; do
     fdata=("$out/bolt/fdata/$b".*.fdata)
-    if [[ ! -f "${fdata[0]}" ]]; then
-      echo "error: the BOLT training run wrote no profile for $b" >&2
-      exit 1
-    fi
-    "$bolt_dir/bin/merge-fdata" "${fdata[@]}" >"$out/bolt/$b.fdata" 2>"$out/bolt/$b.merge.log"
+    ((${#fdata[@]} > 0)) || { echo "the BOLT training run wrote no profile for $b" >&2; return 1; }
+    "$bolt_dir/bin/merge-fdata" "${fdata[@]}" >"$out/bolt/$b.fdata" 2>"$out/bolt/$b.merge.log" ||
+      { tail -5 "$out/bolt/$b.merge.log" >&2; echo "BOLT could not merge the profiles of $b" >&2; return 1; }
     "$bolt" "$out/release/$b" -o "$out/bolt/$b" -data="$out/bolt/$b.fdata" \
       -reorder-blocks=ext-tsp -reorder-functions=hfsort+ -split-functions -split-all-cold \
       -split-eh -icf=1 -use-gnu-stack -dyno-stats >"$out/bolt/$b.optimize.log" 2>&1 ||
-      { cat "$out/bolt/$b.optimize.log" >&2; echo "error: BOLT could not rewrite $b" >&2; exit 1; }
-    "$out/bolt/$b" --version >/dev/null ||
-      { echo "error: the BOLT-rewritten $b does not run" >&2; exit 1; }
+      { tail -5 "$out/bolt/$b.optimize.log" >&2; echo "BOLT could not rewrite $b" >&2; return 1; }
+    "$out/bolt/$b" --version >/dev/null || { echo "the BOLT-rewritten $b does not run" >&2; return 1; }
+  done
+  for b in tether-relay tether-agent; do
     install -m 0755 "$out/bolt/$b" "$out/release/$b"
   done
+}
+
+# BOLT is a layout optimisation on top of a complete PGO build: when it fails, the PGO
+# binaries stay, with a warning, rather than failing the build.
+bolted=""
+if [[ -n "$bolt_dir" ]]; then
+  echo "pgo: BOLT ($bolt_dir): instrumenting, training, rewriting ..." >&2
+  if bolt_stage; then
+    bolted="; BOLT-rewritten"
+  else
+    echo "pgo: warning: the BOLT stage failed (logs in $out/bolt); the binaries are PGO only" >&2
+  fi
 elif [[ "${PGO_BOLT:-1}" != 0 ]]; then
   echo "pgo: note: llvm-bolt not found (apt install bolt-16); the binaries are PGO only" >&2
 fi
 for b in tether-relay tether-agent; do
   "$out/release/$b" --version >/dev/null || { echo "error: $out/release/$b does not run" >&2; exit 1; }
 done
-echo "pgo: done: $out/release (profiles from ${#raw[@]} processes${bolt_dir:+; BOLT-rewritten})" >&2
+echo "pgo: done: $out/release (profiles from ${#raw[@]} processes$bolted)" >&2
