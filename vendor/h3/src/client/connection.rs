@@ -209,6 +209,7 @@ where
             });
         }
 
+        // Tether patch: the HEADERS frame whole, in one write.
         stream::write(&mut stream, WriteBuf::encoded_headers(block))
             .await
             .map_err(|e| self.handle_quic_stream_error(e))?;

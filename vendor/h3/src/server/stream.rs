@@ -147,6 +147,7 @@ where
             });
         }
 
+        // Tether patch: the HEADERS frame whole, in one write.
         stream::write(&mut self.inner.stream, WriteBuf::encoded_headers(block))
             .await
             .map_err(|e| self.handle_quic_stream_error(e))?;
