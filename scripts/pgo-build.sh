@@ -94,7 +94,7 @@ install -m 0755 target/release/tether-certs "$out/release/tether-certs"
 # The LLVM directory of the newest BOLT installed (its runtime library sits next to it).
 bolt_dir=""
 if [[ "${PGO_BOLT:-1}" != 0 ]]; then
-  for d in /usr/lib/llvm-*/; do
+  for d in $(printf '%s\n' /usr/lib/llvm-*/ | sort -V); do
     [[ -x "$d/bin/llvm-bolt" && -f "$d/lib/libbolt_rt_instr.a" ]] && bolt_dir=${d%/}
   done
 fi

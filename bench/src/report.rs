@@ -168,7 +168,6 @@ impl Report {
 
     fn table(&self) -> String {
         let mut s = String::new();
-        let order = ORDER;
         let direct = |f: &dyn Fn(&str) -> Option<f64>| f("direct");
         let ratio = |v: Option<f64>, d: Option<f64>| match (v, d) {
             (Some(v), Some(d)) if d > 0.0 => format!("{:.2}×", v / d),
@@ -183,7 +182,7 @@ impl Report {
                 s,
                 "| target | p50 | p90 | p99 | added p50 vs direct |\n|---|---:|---:|---:|---:|"
             );
-            for t in order.iter().filter(|t| l.get(**t).is_some()) {
+            for t in ORDER.iter().filter(|t| l.get(**t).is_some()) {
                 let v = &l[*t];
                 let _ = writeln!(
                     s,
@@ -214,7 +213,7 @@ impl Report {
                 let _ = write!(s, "---:|");
             }
             let _ = writeln!(s);
-            for t in order {
+            for t in ORDER {
                 if !concs.iter().any(|c| tp[*c].get(t).is_some()) {
                     continue;
                 }
@@ -248,7 +247,7 @@ impl Report {
                 self.data["params"]["bulk_bytes"].as_u64().unwrap_or(0) >> 20
             );
             let _ = writeln!(s, "| target | download | upload |\n|---|---:|---:|");
-            for t in order.iter().filter(|t| b.get(**t).is_some()) {
+            for t in ORDER.iter().filter(|t| b.get(**t).is_some()) {
                 let f = |n: &str, k: &str| b.get(n).and_then(|v| v[k].as_f64());
                 let _ = writeln!(
                     s,
@@ -342,7 +341,6 @@ impl Report {
 
     /// Horizontal grouped bars, one panel per scenario.
     fn svg(&self) -> String {
-        let order = ORDER;
         let color = |t: &str| match t {
             "direct" => "#999999",
             "tether" => "#d9480f",
@@ -354,7 +352,7 @@ impl Report {
         };
         let mut panels: Vec<(String, Vec<Bar>)> = Vec::new();
         let pick = |obj: Option<&Value>, key: &str| -> Vec<Bar> {
-            order
+            ORDER
                 .iter()
                 .filter_map(|t| {
                     let v = obj?.get(*t)?.get(key)?.as_f64()?;
