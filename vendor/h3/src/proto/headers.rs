@@ -128,17 +128,16 @@ impl Header {
         self.fields
     }
 
-    /// Tether patch (see vendor/README.md at the repository root): QPACK-encodes this
-    /// field section (static table only) into a block sized once, writing names and
-    /// values straight from the `HeaderMap`, and returns it with the section's size as
-    /// RFC 9114 §4.2.2 limits it. Upstream's callers built owned `HeaderField`s, copying
-    /// every name and value, and grew the block as they went. h3's request, response and
-    /// trailer paths all encode through here.
+    /// Tether patch (see vendor/README.md at the repository root): this field section
+    /// as a whole HEADERS frame, with the section's size as RFC 9114 §4.2.2 limits it.
+    /// h3's request, response and trailer paths all encode through here.
     ///
-    /// What it returns is the whole HEADERS frame, its type and length in front of the
-    /// block in the same buffer, so the stream takes it in one write (the frame header
-    /// on its own had cost the transport a write of its own: a lock, an allocation and
-    /// its bookkeeping).
+    /// The QPACK block (static table only) is written straight from the `HeaderMap` into
+    /// a buffer sized once; upstream's callers built owned `HeaderField`s, copying every
+    /// name and value, and grew the block as they went. The frame's type and length go
+    /// in room left in front of the block, so the stream takes the frame in one write
+    /// (a separate frame header had cost the transport a write of its own: a lock, an
+    /// allocation and its bookkeeping).
     pub fn encode(&self) -> Result<(Bytes, u64), EncoderError> {
         /// Room for the frame header: the type (one byte) and the length (a varint).
         const ROOM: usize = 1 + 8;

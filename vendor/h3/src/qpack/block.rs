@@ -330,10 +330,8 @@ impl LiteralWithNameRef {
 
     pub fn encode<W: BufMut>(&self, buf: &mut W) -> Result<(), prefix_string::Error> {
         match self {
-            LiteralWithNameRef::Static { index, value } => {
-                prefix_int::encode(4, 0b0101, *index as u64, buf);
-                prefix_string::encode(8, 0, value, buf)?;
-            }
+            // Tether patch: one encoder for the static form, owned or borrowed.
+            LiteralWithNameRef::Static { index, value } => Self::encode_static(*index, value, buf)?,
             LiteralWithNameRef::Dynamic { index, value } => {
                 prefix_int::encode(4, 0b0100, *index as u64, buf);
                 prefix_string::encode(8, 0, value, buf)?;
