@@ -41,8 +41,20 @@ pub enum TlsError {
 }
 
 /// The crypto provider every Tether TLS config uses.
+///
+/// ring's suites, with TLS 1.3's mandatory AES-128-GCM moved in front of AES-256-GCM
+/// (rustls' first choice), as Go's TLS and BoringSSL order them on CPUs with AES
+/// instructions. Every tunnel packet is sealed once and opened once, and AES-128 does 10
+/// rounds per block to AES-256's 14: callgrind counted about 500 fewer instructions per
+/// small request in each of the relay and the agent (of 58k and 68k).
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut provider = rustls::crypto::ring::default_provider();
+    let aes128 = rustls::crypto::ring::cipher_suite::TLS13_AES_128_GCM_SHA256;
+    provider
+        .cipher_suites
+        .retain(|s| s.suite() != aes128.suite());
+    provider.cipher_suites.insert(0, aes128);
+    Arc::new(provider)
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -143,4 +155,24 @@ pub fn ca_trust_domain(der: &[u8]) -> Result<String, TlsError> {
         .ok_or(TlsError::NoTrustDomain)?;
     crate::identity::validate_trust_domain(td)?;
     Ok(td.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aes_128_gcm_comes_first_and_no_suite_is_lost() {
+        let ours = provider();
+        let ring = rustls::crypto::ring::default_provider();
+        assert_eq!(
+            ours.cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+        );
+        let mut a: Vec<_> = ours.cipher_suites.iter().map(|s| s.suite()).collect();
+        let mut b: Vec<_> = ring.cipher_suites.iter().map(|s| s.suite()).collect();
+        a.sort_by_key(|s| u16::from(*s));
+        b.sort_by_key(|s| u16::from(*s));
+        assert_eq!(a, b);
+    }
 }
