@@ -1,10 +1,8 @@
-//! Dialling the relay: resolve its address afresh (it may move), bind a UDP socket of
-//! the same family, and start the QUIC handshake. Used by tunnels and by enrollment.
-
-use std::net::SocketAddr;
+//! Dialling the relay: resolve its address afresh (it may move), connect a UDP socket of
+//! the same family to it, and start the QUIC handshake. Used by tunnels and by enrollment.
 
 use anyhow::{anyhow, Context, Result};
-use tether_proto::udp_socket::client_endpoint;
+use tether_proto::udp_socket::connected_client_endpoint;
 
 /// Starts a QUIC connection to `relay` (`host:port`). The endpoint must outlive the
 /// connection, so both are returned.
@@ -18,14 +16,8 @@ pub async fn dial(
         .with_context(|| format!("resolving relay {relay}"))?
         .next()
         .ok_or_else(|| anyhow!("relay {relay} resolves to no address"))?;
-    let bind: SocketAddr = if addr.is_ipv6() {
-        "[::]:0"
-    } else {
-        "0.0.0.0:0"
-    }
-    .parse()?;
-    let endpoint =
-        client_endpoint(bind).with_context(|| format!("opening a QUIC endpoint on {bind}"))?;
+    let endpoint = connected_client_endpoint(addr)
+        .with_context(|| format!("opening a QUIC endpoint towards {addr}"))?;
     let connecting = endpoint
         .connect_with(client, addr, server_name)
         .with_context(|| format!("connecting to {addr}"))?;

@@ -20,7 +20,7 @@ use anyhow::{Context, Result};
 use rustls::server::WebPkiClientVerifier;
 use tether_proto::congestion::Congestion;
 use tether_proto::tls::{load_certs, load_key, load_roots, provider};
-use tether_proto::udp_socket::{client_endpoint, endpoint};
+use tether_proto::udp_socket::{connected_client_endpoint, endpoint};
 use tether_proto::wire::{transport_config, Side};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -94,7 +94,7 @@ pub async fn agent(quic: SocketAddr, upstream: SocketAddr, pki: &Path) -> Result
         &pki.join("bench.key"),
         ALPN,
     )?;
-    let endpoint = client_endpoint("127.0.0.1:0".parse()?)?;
+    let endpoint = connected_client_endpoint(quic)?;
     let conn = endpoint
         .connect_with(cfg, quic, "localhost")?
         .await
