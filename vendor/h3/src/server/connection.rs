@@ -31,6 +31,7 @@ use crate::{
 #[cfg(feature = "tracing")]
 use tracing::{instrument, trace, warn};
 
+use super::control_wake::ControlWake;
 use super::request::RequestResolver;
 
 /// Server connection driver
@@ -59,6 +60,8 @@ where
     pub(super) recv_closing: Option<PushId>,
     // The id of the last stream received by this connection.
     pub(super) last_accepted_stream: Option<StreamId>,
+    // Tether patch: the control path's own waker (see control_wake.rs).
+    pub(super) control_wake: ControlWake,
 }
 
 impl<C, B> ConnectionState for Connection<C, B>
@@ -230,8 +233,23 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), ConnectionError>> {
-        while (self.poll_next_control(cx)?).is_ready() {}
-        Poll::Pending
+        // Tether patch: only when the control path woke the task (control_wake.rs).
+        if !self.control_wake.take_woken(cx.waker()) {
+            return Poll::Pending;
+        }
+        let waker = self.control_wake.waker();
+        let mut control_cx = Context::from_waker(&waker);
+        loop {
+            match self.poll_next_control(&mut control_cx) {
+                Poll::Ready(Ok(_)) => continue,
+                Poll::Ready(Err(e)) => {
+                    // Look again next time rather than trust a wake-up to come.
+                    self.control_wake.set_woken();
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     #[cfg_attr(feature = "tracing", instrument(skip_all, level = "trace"))]

@@ -49,6 +49,7 @@
 
 mod builder;
 mod connection;
+mod control_wake;
 mod request;
 mod stream;
 
