@@ -70,7 +70,15 @@ pub fn endpoint(
     config: quinn::EndpointConfig,
     server: Option<quinn::ServerConfig>,
 ) -> io::Result<quinn::Endpoint> {
-    let socket = std::net::UdpSocket::bind(bind)?;
+    on_socket(std::net::UdpSocket::bind(bind)?, config, server)
+}
+
+/// A QUIC endpoint on `socket`, on [`TunnelRuntime`].
+fn on_socket(
+    socket: std::net::UdpSocket,
+    config: quinn::EndpointConfig,
+    server: Option<quinn::ServerConfig>,
+) -> io::Result<quinn::Endpoint> {
     quinn::Endpoint::new(config, server, socket, Arc::new(TunnelRuntime))
 }
 
@@ -89,12 +97,7 @@ pub fn connected_client_endpoint(peer: SocketAddr) -> io::Result<quinn::Endpoint
     };
     let socket = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
     socket.connect(peer)?;
-    quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
-        None,
-        socket,
-        Arc::new(TunnelRuntime),
-    )
+    on_socket(socket, quinn::EndpointConfig::default(), None)
 }
 
 /// A UDP socket registered with tokio for read readiness only.

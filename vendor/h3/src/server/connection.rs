@@ -239,17 +239,14 @@ where
         }
         let waker = self.control_wake.waker();
         let mut control_cx = Context::from_waker(&waker);
-        loop {
-            match self.poll_next_control(&mut control_cx) {
-                Poll::Ready(Ok(_)) => continue,
-                Poll::Ready(Err(e)) => {
-                    // Look again next time rather than trust a wake-up to come.
-                    self.control_wake.set_woken();
-                    return Poll::Ready(Err(e));
-                }
-                Poll::Pending => return Poll::Pending,
+        while let Poll::Ready(frame) = self.poll_next_control(&mut control_cx) {
+            if let Err(e) = frame {
+                // Look again next time rather than trust a wake-up to come.
+                self.control_wake.set_woken();
+                return Poll::Ready(Err(e));
             }
         }
+        Poll::Pending
     }
 
     #[cfg_attr(feature = "tracing", instrument(skip_all, level = "trace"))]

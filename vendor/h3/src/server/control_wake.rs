@@ -33,21 +33,20 @@ impl Wake for Flag {
     }
 }
 
-/// The control path's waker and its flag.
+/// The control path's flag; its waker is made from it.
 pub(crate) struct ControlWake {
     flag: Arc<Flag>,
-    waker: Waker,
 }
 
 impl ControlWake {
     /// Starts woken: the first poll always looks at the control path.
     pub(crate) fn new() -> Self {
-        let flag = Arc::new(Flag {
-            woken: AtomicBool::new(true),
-            task: AtomicWaker::new(),
-        });
-        let waker = Waker::from(flag.clone());
-        ControlWake { flag, waker }
+        ControlWake {
+            flag: Arc::new(Flag {
+                woken: AtomicBool::new(true),
+                task: AtomicWaker::new(),
+            }),
+        }
     }
 
     /// Registers `task` to be woken through [`Self::waker`], and tells whether the
@@ -65,7 +64,7 @@ impl ControlWake {
 
     /// The waker to poll the control path with.
     pub(crate) fn waker(&self) -> Waker {
-        self.waker.clone()
+        Waker::from(self.flag.clone())
     }
 }
 
