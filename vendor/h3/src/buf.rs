@@ -6,12 +6,18 @@ use bytes::{Buf, Bytes};
 #[derive(Debug)]
 pub(crate) struct BufList<T> {
     bufs: VecDeque<T>,
+    /// Tether patch: the sum of the bufs' `remaining()`, kept up to date by every method
+    /// that changes `bufs`. Frame decoding asks for `remaining()` several times per
+    /// varint (through `Cursor`), and summing the deque each time cost about 300
+    /// instructions per varint.
+    len: usize,
 }
 
 impl<T: Buf> BufList<T> {
     pub(crate) fn new() -> BufList<T> {
         BufList {
             bufs: VecDeque::new(),
+            len: 0,
         }
     }
 
@@ -19,6 +25,7 @@ impl<T: Buf> BufList<T> {
     #[allow(dead_code)]
     pub(crate) fn push(&mut self, buf: T) {
         debug_assert!(buf.has_remaining());
+        self.len += buf.remaining();
         self.bufs.push_back(buf);
     }
 
@@ -34,7 +41,10 @@ impl<T: Buf> BufList<T> {
 
 impl BufList<Bytes> {
     pub fn take_first_chunk(&mut self) -> Option<Bytes> {
-        self.bufs.pop_front()
+        let chunk = self.bufs.pop_front();
+        // Tether patch: keep `len`.
+        self.len -= chunk.as_ref().map_or(0, Bytes::len);
+        chunk
     }
 
     pub fn take_chunk(&mut self, max_len: usize) -> Option<Bytes> {
@@ -42,6 +52,8 @@ impl BufList<Bytes> {
             .bufs
             .front_mut()
             .map(|chunk| chunk.split_to(usize::min(max_len, chunk.remaining())));
+        // Tether patch: keep `len`.
+        self.len -= chunk.as_ref().map_or(0, Bytes::len);
 
         if let Some(front) = self.bufs.front() {
             if front.remaining() == 0 {
@@ -56,7 +68,10 @@ impl BufList<Bytes> {
         T: Buf,
     {
         debug_assert!(buf.has_remaining());
-        self.bufs.push_back(buf.copy_to_bytes(buf.remaining()))
+        let bytes = buf.copy_to_bytes(buf.remaining());
+        // Tether patch: keep `len`.
+        self.len += bytes.len();
+        self.bufs.push_back(bytes)
     }
 }
 
@@ -72,7 +87,12 @@ impl<T: Buf> From<T> for BufList<T> {
 impl<T: Buf> Buf for BufList<T> {
     #[inline]
     fn remaining(&self) -> usize {
-        self.bufs.iter().map(|buf| buf.remaining()).sum()
+        // Tether patch: kept, not summed (see `len`).
+        debug_assert_eq!(
+            self.len,
+            self.bufs.iter().map(Buf::remaining).sum::<usize>()
+        );
+        self.len
     }
 
     #[inline]
@@ -82,6 +102,8 @@ impl<T: Buf> Buf for BufList<T> {
 
     #[inline]
     fn advance(&mut self, mut cnt: usize) {
+        // Tether patch: keep `len` (advancing past the end panics below, as upstream).
+        self.len = self.len.saturating_sub(cnt);
         while cnt > 0 {
             {
                 let front = &mut self.bufs[0];

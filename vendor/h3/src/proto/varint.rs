@@ -76,6 +76,20 @@ impl VarInt {
     }
 
     pub fn decode<B: Buf>(r: &mut B) -> Result<Self, UnexpectedEnd> {
+        // Tether patch: read the whole varint from the current chunk when it is there
+        // (almost always), with one `advance`, instead of a `get_u8` and a
+        // `copy_to_slice` that each re-check what remains.
+        let chunk = r.chunk();
+        if let Some(&first) = chunk.first() {
+            let len = 1usize << (first >> 6);
+            if let Some(rest) = chunk.get(1..len) {
+                let x = rest.iter().fold(u64::from(first & 0b0011_1111), |x, &b| {
+                    (x << 8) | u64::from(b)
+                });
+                r.advance(len);
+                return Ok(VarInt(x));
+            }
+        }
         if !r.has_remaining() {
             return Err(UnexpectedEnd(0));
         }
