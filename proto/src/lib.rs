@@ -17,6 +17,7 @@ pub mod h3body;
 pub mod headers;
 pub mod identity;
 pub mod log_fields;
+pub mod log_format;
 pub mod log_time;
 pub mod log_writer;
 pub mod logging;

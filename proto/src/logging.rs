@@ -46,7 +46,7 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
         LogFormat::Pretty => builder
             .fmt_fields(crate::log_fields::LogfmtFields)
             .with_ansi(false)
-            .compact()
+            .event_format(crate::log_format::CompactLine)
             .init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
