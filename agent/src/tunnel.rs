@@ -35,6 +35,16 @@ enum Outcome {
     Stopped,
 }
 
+/// How serving a connection's requests ended.
+enum Ended {
+    /// The relay refused us (seen when accepting fails).
+    Refused(String),
+    /// The connection ended, for this reason.
+    Closed(String),
+    /// Shutdown: drained, or the drain timed out.
+    Stopped,
+}
+
 /// TLS alerts travel as QUIC CRYPTO_ERROR codes 0x100..=0x1ff.
 fn is_crypto(code: quinn::TransportErrorCode) -> bool {
     (0x100..=0x1ff).contains(&u64::from(code))
@@ -200,47 +210,65 @@ impl Agent {
         });
         let control = Arc::new(ConnControl::new(tracing::Span::current()));
         let in_flight = TaskTracker::new();
-        let mut drain_deadline: Option<tokio::time::Instant> = None;
-        // Made once, not once per accepted request: each new one registers with the
-        // token (a lock) when polled and unregisters when dropped.
-        let stop = self.stop.cancelled();
-        tokio::pin!(stop);
-        let stopping = loop {
-            let deadline = drain_deadline;
+        // Accepts requests until the connection ends. It lives across the two waits
+        // below, so a shutdown never drops an accept in progress; and it is one future,
+        // so accepting a request does not rebuild the shutdown, drain and timer futures
+        // of a `select!` around each accept (about 600 instructions per request).
+        let ended = {
+            let accepting = async {
+                loop {
+                    match h3.accept().await {
+                        Ok(Some(resolver)) => {
+                            // Boxed: the handler's future is ~4.8 KB, and spawning moves it
+                            // through several wrappers; a box moves as one pointer.
+                            // Not in the tunnel's span: see `serve::handle`.
+                            let request = Box::pin(handle(
+                                self.service.clone(),
+                                resolver,
+                                control.clone(),
+                                slot,
+                            ));
+                            in_flight.spawn(request);
+                        }
+                        Ok(None) => return Ended::Closed("relay ended the connection".to_owned()),
+                        Err(e) => {
+                            if let Some(r) = refusal(conn) {
+                                return Ended::Refused(r);
+                            }
+                            if control.relay_is_draining() {
+                                return Ended::Closed("relay shut down".to_owned());
+                            }
+                            return Ended::Closed(format!("{e}"));
+                        }
+                    }
+                }
+            };
+            tokio::pin!(accepting);
             tokio::select! {
-                r = h3.accept() => match r {
-                    Ok(Some(resolver)) => {
-                        // Boxed: the handler's future is ~4.8 KB, and spawning moves it
-                        // through several wrappers; a box moves as one pointer.
-                        // Not in the tunnel's span: see `serve::handle`.
-                        let request = Box::pin(handle(self.service.clone(), resolver, control.clone(), slot));
-                        in_flight.spawn(request);
-                    }
-                    Ok(None) => break Err("relay ended the connection".to_owned()),
-                    Err(e) => {
-                        if let Some(r) = refusal(conn) {
-                            return Outcome::Refused(r);
-                        }
-                        if control.relay_is_draining() {
-                            break Err("relay shut down".to_owned());
-                        }
-                        break Err(format!("{e}"));
-                    }
-                },
-                _ = &mut stop, if deadline.is_none() => {
+                biased;
+                ended = &mut accepting => ended,
+                () = self.stop.cancelled() => {
                     info!("draining: asking the relay to move new requests elsewhere");
                     control.request_drain();
-                    drain_deadline = Some(tokio::time::Instant::now() + cfg.drain_timeout);
-                }
-                _ = control.drained(), if deadline.is_some() => {
-                    info!("drained: no request in flight");
-                    break Ok(());
-                }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {
-                    warn!(timeout = ?cfg.drain_timeout, "drain timeout: closing with requests in flight");
-                    break Ok(());
+                    tokio::select! {
+                        biased;
+                        ended = &mut accepting => ended,
+                        () = control.drained() => {
+                            info!("drained: no request in flight");
+                            Ended::Stopped
+                        }
+                        () = tokio::time::sleep(cfg.drain_timeout) => {
+                            warn!(timeout = ?cfg.drain_timeout, "drain timeout: closing with requests in flight");
+                            Ended::Stopped
+                        }
+                    }
                 }
             }
+        };
+        let stopping = match ended {
+            Ended::Refused(r) => return Outcome::Refused(r),
+            Ended::Closed(reason) => Err(reason),
+            Ended::Stopped => Ok(()),
         };
         in_flight.close();
         if stopping.is_ok() {
