@@ -26,7 +26,6 @@ use h3::{
     error::Code,
     quic::{self, ConnectionErrorIncoming, StreamErrorIncoming, StreamId, WriteBuf},
 };
-use tokio_util::sync::ReusableBoxFuture;
 
 #[cfg(feature = "tracing")]
 use tracing::instrument;
@@ -344,23 +343,14 @@ where
 /// Implements a [`quic::RecvStream`] backed by a [`quinn::RecvStream`].
 pub struct RecvStream {
     stream: Option<quinn::RecvStream>,
-    read_chunk_fut: ReadChunkFuture,
 }
-
-type ReadChunkFuture = ReusableBoxFuture<
-    'static,
-    (
-        quinn::RecvStream,
-        Result<Option<quinn::Chunk>, quinn::ReadError>,
-    ),
->;
 
 impl RecvStream {
     fn new(stream: quinn::RecvStream) -> Self {
+        // Tether patch: no boxed `read_chunk` future per stream; `poll_data` polls
+        // quinn's `poll_read_chunk` (made public in vendor/quinn) directly.
         Self {
             stream: Some(stream),
-            // Should only allocate once the first time it's used
-            read_chunk_fut: ReusableBoxFuture::new(async { unreachable!() }),
         }
     }
 }
@@ -373,15 +363,10 @@ impl quic::RecvStream for RecvStream {
         &mut self,
         cx: &mut task::Context<'_>,
     ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
-        if let Some(mut stream) = self.stream.take() {
-            self.read_chunk_fut.set(async move {
-                let chunk = stream.read_chunk(usize::MAX, true).await;
-                (stream, chunk)
-            })
-        };
-
-        let (stream, chunk) = ready!(self.read_chunk_fut.poll(cx));
-        self.stream = Some(stream);
+        // Tether patch: polled in place (upstream moved the stream into a boxed
+        // `read_chunk` future and back on every chunk).
+        let stream = self.stream.as_mut().unwrap();
+        let chunk = ready!(stream.poll_read_chunk(cx, usize::MAX, true));
         Poll::Ready(Ok(chunk
             .map_err(|e| convert_read_error_to_stream_error(e))?
             .map(|c| c.bytes)))

@@ -190,7 +190,9 @@ impl RecvStream {
     /// If no data is available for reading, the method returns `Poll::Pending`
     /// and arranges for the current task (via cx.waker()) to receive a notification
     /// when the stream becomes readable or is closed.
-    fn poll_read_chunk(
+    // Tether patch: public, so that h3-quinn can poll a chunk without wrapping
+    // `read_chunk` in a boxed future per stream (see vendor/README.md).
+    pub fn poll_read_chunk(
         &mut self,
         cx: &mut Context,
         max_length: usize,
