@@ -157,7 +157,13 @@ impl<'a, B: Buf> Buf for Cursor<'a, B> {
 
     #[inline]
     fn chunk(&self) -> &[u8] {
-        &self.buf.bufs[self.index].chunk()[self.pos_front..]
+        // Tether patch: empty at the end, as `Buf::chunk` promises, instead of indexing
+        // past the last chunk (upstream's callers check `has_remaining` first; one that
+        // did not panicked here).
+        self.buf
+            .bufs
+            .get(self.index)
+            .map_or(&[][..], |b| &b.chunk()[self.pos_front..])
     }
 
     #[inline]
