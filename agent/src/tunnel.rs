@@ -35,16 +35,6 @@ enum Outcome {
     Stopped,
 }
 
-/// How serving a connection's requests ended.
-enum Ended {
-    /// The relay refused us (seen when accepting fails).
-    Refused(String),
-    /// The connection ended, for this reason.
-    Closed(String),
-    /// Shutdown: drained, or the drain timed out.
-    Stopped,
-}
-
 /// TLS alerts travel as QUIC CRYPTO_ERROR codes 0x100..=0x1ff.
 fn is_crypto(code: quinn::TransportErrorCode) -> bool {
     (0x100..=0x1ff).contains(&u64::from(code))
@@ -230,15 +220,15 @@ impl Agent {
                             ));
                             in_flight.spawn(request);
                         }
-                        Ok(None) => return Ended::Closed("relay ended the connection".to_owned()),
+                        Ok(None) => return served("relay ended the connection".to_owned()),
                         Err(e) => {
                             if let Some(r) = refusal(conn) {
-                                return Ended::Refused(r);
+                                return Outcome::Refused(r);
                             }
                             if control.relay_is_draining() {
-                                return Ended::Closed("relay shut down".to_owned());
+                                return served("relay shut down".to_owned());
                             }
-                            return Ended::Closed(format!("{e}"));
+                            return served(format!("{e}"));
                         }
                     }
                 }
@@ -255,36 +245,36 @@ impl Agent {
                         ended = &mut accepting => ended,
                         () = control.drained() => {
                             info!("drained: no request in flight");
-                            Ended::Stopped
+                            Outcome::Stopped
                         }
                         () = tokio::time::sleep(cfg.drain_timeout) => {
                             warn!(timeout = ?cfg.drain_timeout, "drain timeout: closing with requests in flight");
-                            Ended::Stopped
+                            Outcome::Stopped
                         }
                     }
                 }
             }
         };
-        let stopping = match ended {
-            Ended::Refused(r) => return Outcome::Refused(r),
-            Ended::Closed(reason) => Err(reason),
-            Ended::Stopped => Ok(()),
-        };
+        if let Outcome::Refused(_) = ended {
+            return ended;
+        }
         in_flight.close();
-        if stopping.is_ok() {
+        if let Outcome::Stopped = ended {
             conn.close(close::SHUTDOWN.into(), b"agent shutting down");
         }
         // Keep the h3 connection alive until every response task is done: dropping it
         // closes the QUIC connection and cuts buffered response bytes.
         let _ = tokio::time::timeout(Duration::from_secs(5), in_flight.wait()).await;
         drop(h3);
-        match stopping {
-            Ok(()) => Outcome::Stopped,
-            Err(reason) => Outcome::Served {
-                uptime: Duration::ZERO,
-                reason,
-            },
-        }
+        ended
+    }
+}
+
+/// A connection that ended for `reason` (its uptime is filled in by the caller).
+fn served(reason: String) -> Outcome {
+    Outcome::Served {
+        uptime: Duration::ZERO,
+        reason,
     }
 }
 

@@ -65,60 +65,29 @@ fn render<R: RecordFields>(buf: &mut String, fields: R) -> fmt::Result {
     v.result
 }
 
-/// Text of a short decimal with at most three places, as `ryu` writes it (`0.412`,
-/// `64.8`, `3.0`), for the values that are one: the access line's `duration_ms` is whole
-/// microseconds over 1,000. `ryu`'s general algorithm cost about 300 instructions a
-/// line; this is a division and two `itoa`s. `None` for anything else, which goes to
-/// `ryu`. (The shortest text that reads back as the nearest double to `m / 1000` is that
-/// decimal itself while it has at most 15 significant digits; a test checks the two
-/// against each other.)
-fn thousandths(value: f64) -> Option<ShortDecimal> {
-    const LIMIT: f64 = 1e12; // well inside 15 significant digits with three places
-    if !(0.0..LIMIT).contains(&value) {
-        return None;
+/// `Some(m)` when `value` is the double nearest to `m / 1000` for a whole `m` (the access
+/// line's `duration_ms` is whole microseconds over 1,000), so that [`push_thousandths`]
+/// can write it as `ryu` would (`0.412`, `64.8`, `3.0`): the shortest text that reads back
+/// as that double is the decimal itself while it has at most 15 significant digits. `ryu`'s
+/// general algorithm cost about 300 instructions a line; this is a division and an
+/// `itoa`. A test checks the two against each other.
+fn thousandths(value: f64) -> Option<u64> {
+    // Below 1e12, `m` has at most 15 digits.
+    if !(0.0..1e12).contains(&value) || value.is_sign_negative() {
+        return None; // out of range, NaN, or -0.0 (which `ryu` writes with its sign)
     }
-    let scaled = value * 1000.0;
-    let m = scaled.round();
-    // The nearest double to `m / 1000` times 1000 lands within a few ulps of `m`.
-    if (scaled - m).abs() > scaled.max(1.0) * 1e-12 || m / 1000.0 != value {
-        return None;
-    }
-    let m = m as u64;
-    let (int, mut frac) = (m / 1000, m % 1000);
-    let mut out = ShortDecimal::default();
-    out.push(itoa::Buffer::new().format(int));
-    out.push(".");
-    if frac == 0 {
-        out.push("0");
-    } else {
-        let mut digits = [b'0'; 3];
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (frac % 10) as u8;
-            frac /= 10;
-        }
-        let len = 3 - digits.iter().rev().take_while(|&&d| d == b'0').count();
-        out.push(std::str::from_utf8(&digits[..len]).ok()?);
-    }
-    Some(out)
+    let m = (value * 1000.0).round();
+    (m / 1000.0 == value).then_some(m as u64)
 }
 
-/// A decimal's text on the stack (at most 13 integer digits, a point and 3 places).
-#[derive(Default)]
-struct ShortDecimal {
-    buf: [u8; 24],
-    len: usize,
-}
-
-impl ShortDecimal {
-    fn push(&mut self, s: &str) {
-        self.buf[self.len..self.len + s.len()].copy_from_slice(s.as_bytes());
-        self.len += s.len();
-    }
-
-    fn as_str(&self) -> &str {
-        // Only ASCII digits and `.` are pushed.
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
-    }
+/// Writes `m / 1000` with its trailing zeros cut, keeping one place (`3.0`).
+fn push_thousandths(w: &mut String, m: u64) {
+    w.push_str(itoa::Buffer::new().format(m / 1000));
+    w.push('.');
+    let frac = m % 1000;
+    let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| char::from(b'0' + d as u8));
+    let zeros = digits.iter().rev().take_while(|&&d| d == '0').count();
+    w.extend(&digits[..3 - zeros.min(2)]);
 }
 
 struct Visitor<'b> {
@@ -236,10 +205,11 @@ impl Visit for Visitor<'_> {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        if let Some(text) = thousandths(value) {
-            return self.raw(field, text.as_str());
+        match thousandths(value) {
+            Some(m) if self.key(field) => push_thousandths(self.w, m),
+            Some(_) => {}
+            None => self.raw(field, ryu::Buffer::new().format(value)),
         }
-        self.raw(field, ryu::Buffer::new().format(value));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -258,31 +228,8 @@ impl Visit for Visitor<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tracing_subscriber::fmt::MakeWriter;
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Capture {
-            self.clone()
-        }
-    }
+    use crate::log_capture::Capture;
 
     /// The fields part of the line one event produces.
     fn line(f: impl FnOnce()) -> String {
@@ -297,7 +244,7 @@ mod tests {
             .compact()
             .finish();
         tracing::subscriber::with_default(subscriber, f);
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = out.text();
         text.trim_end().to_owned()
     }
 
@@ -388,24 +335,31 @@ mod tests {
             1e12,
             f64::NAN,
             -1.5,
+            -0.0,
         ]);
+        let text = |v: f64| {
+            let mut s = String::new();
+            push_thousandths(&mut s, thousandths(v)?);
+            Some(s)
+        };
         for v in values {
-            let ours = thousandths(v);
             let ryu = ryu::Buffer::new().format(v).to_owned();
-            if let Some(ours) = ours {
-                assert_eq!(ours.as_str(), ryu, "{v:e}");
+            if let Some(ours) = text(v) {
+                assert_eq!(ours, ryu, "{v:e}");
             } else {
                 // Only values that are not whole thousandths, or out of range, go to ryu.
                 assert!(
-                    !(0.0..1e12).contains(&v) || (v * 1000.0).fract() != 0.0 || v.is_nan(),
+                    !(0.0..1e12).contains(&v)
+                        || (v * 1000.0).fract() != 0.0
+                        || v.is_sign_negative(),
                     "{v:e} should have taken the fast path"
                 );
             }
         }
-        assert_eq!(thousandths(64.819).unwrap().as_str(), "64.819");
-        assert_eq!(thousandths(3.0).unwrap().as_str(), "3.0");
-        assert_eq!(thousandths(0.05).unwrap().as_str(), "0.05");
-        assert!(thousandths(0.1 + 0.2).is_none());
+        assert_eq!(text(64.819).unwrap(), "64.819");
+        assert_eq!(text(3.0).unwrap(), "3.0");
+        assert_eq!(text(0.05).unwrap(), "0.05");
+        assert!(text(0.1 + 0.2).is_none());
     }
 
     #[derive(Debug)]

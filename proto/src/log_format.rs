@@ -88,33 +88,11 @@ where
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use tracing::{debug_span, info, info_span, warn};
-    use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
+    use crate::log_capture::Capture;
     use crate::log_fields::LogfmtFields;
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Capture {
-            self.clone()
-        }
-    }
 
     /// Events of every shape the binaries log: bare, with fields, in nested spans with
     /// and without fields, with an explicit parent, and at several levels.
@@ -151,7 +129,7 @@ mod tests {
             .event_format(event_format)
             .finish();
         tracing::subscriber::with_default(subscriber, log_everything);
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = out.text();
         text.lines()
             .map(|l| {
                 let (time, rest) = l.split_once(' ').unwrap();

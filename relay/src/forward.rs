@@ -260,9 +260,9 @@ pub async fn forward(
             );
         }
         Err(_) => {
-            // Reset the stream both ways so the agent stops working on it. (Not
-            // `stop_sending` on `recv`: h3-quinn 0.0.10 panics if a read was in progress;
-            // dropping it sends STOP_SENDING anyway.)
+            // Reset the stream both ways so the agent stops working on it. (Dropping
+            // `recv` sends STOP_SENDING; upstream h3-quinn 0.0.10 panicked on an explicit
+            // `stop_sending` during a read, which the vendored one no longer does.)
             drop(upload_ctl);
             return done.fail(
                 ErrorCode::Timeout,

@@ -342,16 +342,16 @@ where
 ///
 /// Implements a [`quic::RecvStream`] backed by a [`quinn::RecvStream`].
 pub struct RecvStream {
-    stream: Option<quinn::RecvStream>,
+    // Tether patch: the stream itself, not an `Option` it was moved out of while a
+    // boxed read was in flight (so `stop_sending` during a read no longer panics).
+    stream: quinn::RecvStream,
 }
 
 impl RecvStream {
     fn new(stream: quinn::RecvStream) -> Self {
         // Tether patch: no boxed `read_chunk` future per stream; `poll_data` polls
         // quinn's `poll_read_chunk` (made public in vendor/quinn) directly.
-        Self {
-            stream: Some(stream),
-        }
+        Self { stream }
     }
 }
 
@@ -365,8 +365,7 @@ impl quic::RecvStream for RecvStream {
     ) -> Poll<Result<Option<Self::Buf>, StreamErrorIncoming>> {
         // Tether patch: polled in place (upstream moved the stream into a boxed
         // `read_chunk` future and back on every chunk).
-        let stream = self.stream.as_mut().unwrap();
-        let chunk = ready!(stream.poll_read_chunk(cx, usize::MAX, true));
+        let chunk = ready!(self.stream.poll_read_chunk(cx, usize::MAX, true));
         Poll::Ready(Ok(chunk
             .map_err(|e| convert_read_error_to_stream_error(e))?
             .map(|c| c.bytes)))
@@ -375,15 +374,13 @@ impl quic::RecvStream for RecvStream {
     #[cfg_attr(feature = "tracing", instrument(skip_all, level = "trace"))]
     fn stop_sending(&mut self, error_code: u64) {
         self.stream
-            .as_mut()
-            .unwrap()
             .stop(VarInt::from_u64(error_code).expect("invalid error_code"))
             .ok();
     }
 
     #[cfg_attr(feature = "tracing", instrument(skip_all, level = "trace"))]
     fn recv_id(&self) -> StreamId {
-        let num: u64 = self.stream.as_ref().unwrap().id().into();
+        let num: u64 = self.stream.id().into();
 
         num.try_into().expect("invalid stream id")
     }

@@ -79,8 +79,7 @@ impl VarInt {
         // Tether patch: read the whole varint from the current chunk when it is there
         // (almost always), with one `advance`, instead of a `get_u8` and a
         // `copy_to_slice` that each re-check what remains.
-        // `has_remaining` first: h3's `Cursor` indexes past its last chunk when at the end.
-        let chunk = if r.has_remaining() { r.chunk() } else { &[] };
+        let chunk = r.chunk();
         if let Some(&first) = chunk.first() {
             let len = 1usize << (first >> 6);
             if let Some(rest) = chunk.get(1..len) {
