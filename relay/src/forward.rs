@@ -130,6 +130,11 @@ impl Caller {
 /// `x-forwarded-*` in, and an absolute URI (HTTP/3 needs `:authority`).
 fn tunnel_head(parts: &mut http::request::Parts, caller: &Caller, fallback_host: &str) {
     strip_hop_by_hop(&mut parts.headers);
+    // Host goes into the URI's authority. Taken out first, and room made for both
+    // `x-forwarded-*` at once: hyper sizes the parsed map to the caller's headers, and
+    // growing it once per insert rebuilt its index twice per request.
+    let host = parts.headers.remove(HOST);
+    parts.headers.reserve(2);
     let xff = match parts.headers.get(&X_FORWARDED_FOR) {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + caller.ip.len());
@@ -147,7 +152,6 @@ fn tunnel_head(parts: &mut http::request::Parts, caller: &Caller, fallback_host:
         .headers
         .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 
-    let host = parts.headers.remove(HOST);
     let authority = parts
         .uri
         .authority()

@@ -172,8 +172,16 @@ impl Receiver {
             false
         };
         if let Some(item) = state.item.take() {
+            // Tether patch (see vendor/README.md at the repository root): a sender that
+            // has already been dropped has nothing to learn from the freed slot, and its
+            // waker is stale. Waking it polled an HTTP/1 client connection task once more
+            // per response for nothing (the body's last chunk is sent just before the
+            // dispatcher drops the sender).
+            let sender_open = state.sender_open;
             drop(state);
-            self.shared.sender_waker.wake();
+            if sender_open {
+                self.shared.sender_waker.wake();
+            }
             return Poll::Ready(Some(item));
         }
         if let Some(err) = state.pending_error.take() {
@@ -272,6 +280,42 @@ mod tests {
 
         assert!(recv(&mut rx).await.is_none());
         assert_eq!(rx.take_trailers().unwrap()["x-trailer"], "value");
+    }
+
+    // Tether patch (see vendor/README.md at the repository root).
+    #[test]
+    fn taking_an_item_wakes_only_an_open_sender() {
+        struct Count(AtomicUsize);
+
+        impl Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let wakes = || count.0.load(Ordering::Relaxed);
+
+        // The last chunk, then the sender dropped (an HTTP/1 body read to its end): the
+        // receiver taking the chunk does not wake the sender's stale waker.
+        let (mut tx, mut rx) = channel(false);
+        assert!(tx.poll_ready(&mut cx).is_ready());
+        tx.try_send_data(Bytes::from_static(b"last")).unwrap();
+        drop(tx);
+        assert!(matches!(rx.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(wakes(), 0);
+        assert!(matches!(rx.poll_next(&mut cx), Poll::Ready(None)));
+
+        // A sender still open, waiting for the slot, is woken when it frees.
+        let (mut tx, mut rx) = channel(false);
+        assert!(tx.poll_ready(&mut cx).is_ready());
+        tx.try_send_data(Bytes::from_static(b"first")).unwrap();
+        assert!(tx.poll_ready(&mut cx).is_pending());
+        assert!(matches!(rx.poll_next(&mut cx), Poll::Ready(Some(Ok(_)))));
+        assert_eq!(wakes(), 1);
+        assert!(tx.poll_ready(&mut cx).is_ready());
     }
 
     #[test]
