@@ -16,8 +16,8 @@ pub mod error_code;
 pub mod h3body;
 pub mod headers;
 pub mod identity;
-#[cfg(test)]
-mod log_capture;
+pub mod log_capture;
+pub mod log_direct;
 pub mod log_fields;
 pub mod log_format;
 pub mod log_time;

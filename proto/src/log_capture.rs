@@ -1,5 +1,5 @@
-//! Test support: a log writer that keeps what it is given, for tests that check the
-//! text of log lines.
+//! Test support: a log writer that keeps what it is given, for tests (here and in the
+//! binaries) that check the text of log lines.
 
 use std::sync::{Arc, Mutex};
 

@@ -71,7 +71,7 @@ fn render<R: RecordFields>(buf: &mut String, fields: R) -> fmt::Result {
 /// as that double is the decimal itself while it has at most 15 significant digits. `ryu`'s
 /// general algorithm cost about 300 instructions a line; this is a division and an
 /// `itoa`. A test checks the two against each other.
-fn thousandths(value: f64) -> Option<u64> {
+pub(crate) fn thousandths(value: f64) -> Option<u64> {
     // Below 1e12, `m` has at most 15 digits.
     if !(0.0..1e12).contains(&value) || value.is_sign_negative() {
         return None; // out of range, NaN, or -0.0 (which `ryu` writes with its sign)
@@ -81,7 +81,7 @@ fn thousandths(value: f64) -> Option<u64> {
 }
 
 /// Writes `m / 1000` with its trailing zeros cut, keeping one place (`3.0`).
-fn push_thousandths(w: &mut String, m: u64) {
+pub(crate) fn push_thousandths(w: &mut String, m: u64) {
     w.push_str(itoa::Buffer::new().format(m / 1000));
     w.push('.');
     let frac = m % 1000;
@@ -104,13 +104,45 @@ fn is_plain(s: &str) -> bool {
             .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b'='))
 }
 
+/// Writes a string value as the `pretty` format does: bare when plain, else quoted and
+/// escaped (with terminal control characters escaped too).
+pub(crate) fn push_str_value(w: &mut String, value: &str) -> fmt::Result {
+    if is_plain(value) {
+        w.push_str(value);
+        Ok(())
+    } else {
+        Sanitize(w).write_fmt(format_args!("{value:?}"))
+    }
+}
+
+/// Writes a float value as the `pretty` format does (as `ryu` writes it).
+pub(crate) fn push_f64_value(w: &mut String, value: f64) {
+    match thousandths(value) {
+        Some(m) => push_thousandths(w, m),
+        None => w.push_str(ryu::Buffer::new().format(value)),
+    }
+}
+
+/// Writes a message as the `pretty` format does: bare, control characters escaped.
+pub(crate) fn push_message(w: &mut String, message: fmt::Arguments<'_>) -> fmt::Result {
+    Sanitize(w).write_fmt(message)
+}
+
+/// [`push_message`] for a message that is already text (no formatting pass).
+pub(crate) fn push_message_str(w: &mut String, message: &str) {
+    // Writing into a `String` cannot fail.
+    let _ = Sanitize(w).write_str(message);
+}
+
 /// Passes text through with terminal control characters escaped (as tracing-subscriber
 /// does for messages), so a log line cannot drive the terminal that displays it.
 struct Sanitize<'a, W: Write>(&'a mut W);
 
 impl<W: Write> Write for Sanitize<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        if !s.chars().any(is_control) {
+        // Printable ASCII (nearly every message) needs no per-character look.
+        let printable = |b: u8| (b' '..=b'~').contains(&b) || b == b'\t';
+        if s.bytes().all(printable) || !s.chars().any(is_control) {
             return self.0.write_str(s);
         }
         for c in s.chars() {
@@ -162,7 +194,7 @@ impl Visitor<'_> {
         }
         let sep = self.sep();
         self.w.push_str(sep);
-        self.result = Sanitize(&mut *self.w).write_fmt(value);
+        self.result = push_message(self.w, value);
     }
 
     fn raw(&mut self, field: &Field, s: &str) {
@@ -177,10 +209,8 @@ impl Visit for Visitor<'_> {
         if field.name() == "message" {
             return self.message(format_args!("{value}"));
         }
-        if is_plain(value) {
-            self.raw(field, value);
-        } else if self.key(field) {
-            self.result = Sanitize(&mut *self.w).write_fmt(format_args!("{value:?}"));
+        if self.key(field) {
+            self.result = push_str_value(self.w, value);
         }
     }
 
@@ -205,10 +235,8 @@ impl Visit for Visitor<'_> {
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        match thousandths(value) {
-            Some(m) if self.key(field) => push_thousandths(self.w, m),
-            Some(_) => {}
-            None => self.raw(field, ryu::Buffer::new().format(value)),
+        if self.key(field) {
+            push_f64_value(self.w, value);
         }
     }
 

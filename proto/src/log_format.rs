@@ -24,7 +24,7 @@ use crate::log_time::CachedSecondTime;
 pub struct CompactLine;
 
 /// The level as `compact` pads it (`{:>5}`), with the space that follows it.
-fn level_text(level: &Level) -> &'static str {
+pub(crate) fn level_text(level: &Level) -> &'static str {
     match *level {
         Level::TRACE => "TRACE ",
         Level::DEBUG => "DEBUG ",

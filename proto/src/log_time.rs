@@ -32,25 +32,38 @@ fn fraction(micros: u32) -> [u8; 8] {
     out
 }
 
+impl CachedSecondTime {
+    /// Appends the current time to `buf`, exactly as [`FormatTime::format_time`] writes
+    /// it (for lines written without a `Writer`, see `crate::log_direct`).
+    pub fn push_now(buf: &mut String) {
+        // Writing into a `String` cannot fail.
+        let _ = write_now(buf);
+    }
+}
+
 impl FormatTime for CachedSecondTime {
     fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default();
-        let secs = now.as_secs();
-        SECOND.with(|cell| {
-            let mut cached = cell.borrow_mut();
-            if cached.0 != secs {
-                let t = UNIX_EPOCH + Duration::from_secs(secs);
-                let mut text = humantime::format_rfc3339_seconds(t).to_string();
-                text.pop(); // the `Z` comes after the fraction
-                *cached = (secs, text);
-            }
-            w.write_str(&cached.1)
-        })?;
-        let frac = fraction(now.subsec_micros());
-        w.write_str(std::str::from_utf8(&frac).map_err(|_| fmt::Error)?)
+        write_now(w)
     }
+}
+
+fn write_now(w: &mut impl fmt::Write) -> fmt::Result {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            let mut text = humantime::format_rfc3339_seconds(t).to_string();
+            text.pop(); // the `Z` comes after the fraction
+            *cached = (secs, text);
+        }
+        w.write_str(&cached.1)
+    })?;
+    let frac = fraction(now.subsec_micros());
+    w.write_str(std::str::from_utf8(&frac).map_err(|_| fmt::Error)?)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Log output shared by both binaries: `pretty` for people, `json` for log pipelines.
 //! The level comes from `RUST_LOG` when set, else from the config.
 
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
@@ -34,10 +35,23 @@ pub type LogGuard = crate::log_writer::FlushGuard;
 
 /// Installs the global subscriber. Logs go to stderr (stdout stays for program output)
 /// through [`crate::log_writer`]: a request's log line is a copy into a buffer, never a
-/// wait on stderr nor a wake-up of another thread.
+/// wait on stderr nor a wake-up of another thread. Lines written directly
+/// ([`crate::log_direct`]) go through the same writer, in the same format.
 pub fn init(cfg: &LogConfig) -> LogGuard {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    use tracing_subscriber::util::SubscriberInitExt;
     let (writer, guard) = crate::log_writer::spawn(std::io::stderr());
+    crate::log_direct::install(cfg.format, writer.clone());
+    subscriber(cfg, writer).init();
+    guard
+}
+
+/// The subscriber [`init`] installs, writing through `writer`: tests build it too, to
+/// hold other output to the same bytes.
+pub fn subscriber<W>(cfg: &LogConfig, writer: W) -> tracing::Dispatch
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
@@ -47,8 +61,7 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
             .fmt_fields(crate::log_fields::LogfmtFields)
             .with_ansi(false)
             .event_format(crate::log_format::CompactLine)
-            .init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+            .into(),
+        LogFormat::Json => builder.json().flatten_event(true).into(),
     }
-    guard
 }

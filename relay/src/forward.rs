@@ -17,8 +17,9 @@ use hyper::body::Incoming;
 use tether_proto::h3body::{pump, BodyObserver, TunnelBody};
 use tether_proto::headers::{strip_hop_by_hop, X_FORWARDED_FOR, X_FORWARDED_PROTO};
 use tether_proto::ErrorCode;
-use tracing::{debug, info, Instrument, Span};
+use tracing::{debug, Instrument, Span};
 
+use crate::access_log::AccessLine;
 use crate::metrics::Metrics;
 use crate::registry::Lease;
 use crate::tunnel::Link;
@@ -87,25 +88,21 @@ impl Drop for Completion {
             self.metrics.error(code);
         }
         let t = self.lease.tunnel();
-        // Fields spelled out rather than inherited: the per-request span is debug-level,
-        // so this one line per request costs one event, not a span too.
-        // Strings as `&str`: the log format writes them directly (no `Display` pass).
-        info!(
-            node = t.identity.node.as_str(),
-            cluster = t.identity.cluster.as_str(),
-            conn = t.conn_id,
-            stream = self.stream,
-            method = self.method.as_str(),
-            path = self.path.as_str(),
-            status = self.status,
-            // Whole microseconds, so the line reads 0.412, not 0.41200000000000003.
-            duration_ms = elapsed.as_micros() as f64 / 1e3,
+        AccessLine {
+            node: t.identity.node.as_str(),
+            cluster: t.identity.cluster.as_str(),
+            conn: t.conn_id,
+            stream: self.stream,
+            method: self.method.as_str(),
+            path: &self.path,
+            status: self.status,
+            duration_ms: elapsed.as_micros() as f64 / 1e3,
             bytes_in,
-            bytes_out = self.bytes_out,
-            complete = self.complete,
-            error = self.error.map(ErrorCode::as_str),
-            "request"
-        );
+            bytes_out: self.bytes_out,
+            complete: self.complete,
+            error: self.error.map(ErrorCode::as_str),
+        }
+        .log();
     }
 }
 

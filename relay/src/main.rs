@@ -4,6 +4,7 @@
 //! (`ingress`), and carries each request down the chosen agent's connection as an HTTP/3
 //! request stream (`forward`). The `registry` maps node and cluster IDs to live tunnels.
 
+mod access_log;
 mod admin;
 mod config;
 mod enroll;
