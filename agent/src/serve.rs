@@ -113,7 +113,11 @@ async fn serve(
     body.ended_already();
     let upstream_req = Request::from_parts(parts, body);
 
-    let (resp, conn) = match route.pool.send(upstream_req, service.connect_timeout).await {
+    let sent = route
+        .pool
+        .send(upstream_req, service.connect_timeout, started)
+        .await;
+    let (resp, conn) = match sent {
         Ok(r) => r,
         Err(e) => {
             route.metrics.unreachable.inc();
@@ -130,17 +134,20 @@ async fn serve(
         return;
     }
     let result = pump(body, &mut send).await;
+    // One clock read for the pool and the metrics: each is ~25 ns on this path.
+    let finished = std::time::Instant::now();
     if result.is_ok() {
         // The response was read to its end: the connection can carry the next request.
-        conn.release();
+        conn.release(finished);
     }
-    route.metrics.durations.observe(status, started.elapsed());
+    let elapsed = finished - started;
+    route.metrics.durations.observe(status, elapsed);
     match result {
         Ok(bytes) => debug!(
             slot,
             status,
             bytes,
-            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+            duration_ms = elapsed.as_secs_f64() * 1e3,
             upstream = %route.upstream,
             "request done"
         ),

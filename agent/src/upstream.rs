@@ -47,9 +47,9 @@ struct Idle<B> {
 }
 
 impl<B> Idle<B> {
-    /// Still open on both ends and idle no longer than `timeout`.
-    fn fresh(&self, timeout: Duration) -> bool {
-        !self.sender.is_closed() && self.since.elapsed() <= timeout
+    /// Still open on both ends and, at `now`, idle no longer than `timeout`.
+    fn fresh(&self, timeout: Duration, now: Instant) -> bool {
+        !self.sender.is_closed() && now.saturating_duration_since(self.since) <= timeout
     }
 }
 
@@ -72,7 +72,8 @@ impl<B> Pool<B> {
     /// Closes idle connections past the timeout, and ones the service closed.
     fn prune(&self) {
         let timeout = self.idle_timeout;
-        self.lock().retain(|i| i.fresh(timeout));
+        let now = Instant::now();
+        self.lock().retain(|i| i.fresh(timeout, now));
     }
 }
 
@@ -91,8 +92,9 @@ pub struct Conn<B> {
 }
 
 impl<B> Conn<B> {
-    /// Back to the pool, for a connection whose response body was read to its end.
-    pub fn release(self) {
+    /// Back to the pool, for a connection whose response body was read to its end at
+    /// `now` (the caller has the time at hand; a clock read is not free on this path).
+    pub fn release(self, now: Instant) {
         let Conn { sender, pool } = self;
         if sender.is_closed() {
             return;
@@ -100,10 +102,7 @@ impl<B> Conn<B> {
         // Expiry is the reaper's job (and `take_idle` skips stale ones).
         let mut idle = pool.lock();
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 }
@@ -148,11 +147,11 @@ where
         });
     }
 
-    /// The most recently used idle connection that is still fresh.
-    fn take_idle(&self) -> Option<http1::SendRequest<B>> {
+    /// The most recently used idle connection that is still fresh at `now`.
+    fn take_idle(&self, now: Instant) -> Option<http1::SendRequest<B>> {
         let mut idle = self.lock();
         while let Some(i) = idle.pop() {
-            if i.fresh(self.idle_timeout) {
+            if i.fresh(self.idle_timeout, now) {
                 return Some(i.sender);
             }
         }
@@ -160,13 +159,15 @@ where
     }
 
     /// Sends `req` (origin-form URI, `Host` set) and returns the response head with the
-    /// connection it arrived on.
+    /// connection it arrived on. `now` is the caller's recent clock reading, to judge
+    /// idle connections by.
     pub async fn send(
         self: &Arc<Self>,
         mut req: Request<B>,
         connect_timeout: Duration,
+        now: Instant,
     ) -> Result<(Response<Incoming>, Conn<B>), UpstreamError> {
-        while let Some(mut sender) = self.take_idle() {
+        while let Some(mut sender) = self.take_idle(now) {
             if sender.ready().await.is_err() {
                 continue; // closed while idle
             }
@@ -270,10 +271,14 @@ mod tests {
 
     async fn roundtrip(pool: &Arc<Pool<TestBody>>, path: &str) -> Result<String, UpstreamError> {
         let (resp, conn) = pool
-            .send(get(path, &pool.authority), Duration::from_secs(2))
+            .send(
+                get(path, &pool.authority),
+                Duration::from_secs(2),
+                Instant::now(),
+            )
             .await?;
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        conn.release();
+        conn.release(Instant::now());
         Ok(String::from_utf8(body.to_vec()).unwrap())
     }
 
@@ -307,7 +312,11 @@ mod tests {
         let (authority, accepted) = service(true).await;
         let pool = Pool::new(authority);
         let (resp, conn) = pool
-            .send(get("/a", &pool.authority), Duration::from_secs(2))
+            .send(
+                get("/a", &pool.authority),
+                Duration::from_secs(2),
+                Instant::now(),
+            )
             .await
             .unwrap();
         drop(resp); // body never read: the exchange is cut

@@ -251,7 +251,9 @@ pub async fn forward(
         );
     }
 
-    let head = match tokio::time::timeout(timeout, recv.recv_response()).await {
+    // Counted from the request's arrival, which `started` already holds (no clock read).
+    let deadline = tokio::time::Instant::from_std(started) + timeout;
+    let head = match tokio::time::timeout_at(deadline, recv.recv_response()).await {
         Ok(Ok(head)) => head,
         Ok(Err(e)) => {
             drop(upload_ctl);

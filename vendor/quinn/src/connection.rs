@@ -264,10 +264,16 @@ impl Future for ConnectionDriver {
             conn.terminate(e, &self.conn.shared);
             return Poll::Ready(Ok(()));
         }
-        let mut keep_going = conn.drive_transmit(cx)?;
+        // Tether patch (see vendor/README.md at the repository root): one clock read
+        // serves both steps unless datagrams went out in between, when time may have
+        // moved on (a send is a system call). A poll that only took packets in and found
+        // nothing to send reads the clock once instead of twice.
+        let now = conn.runtime.now();
+        let (mut keep_going, sent) = conn.drive_transmit(cx, now)?;
         // If a timer expires, there might be more to transmit. When we transmit something, we
         // might need to reset a timer. Hence, we must loop until neither happens.
-        keep_going |= conn.drive_timer(cx);
+        let now = if sent { conn.runtime.now() } else { now };
+        keep_going |= conn.drive_timer(cx, now);
         conn.forward_endpoint_events();
         conn.forward_app_events(&self.conn.shared);
 
@@ -1017,8 +1023,9 @@ pub(crate) struct State {
 }
 
 impl State {
-    fn drive_transmit(&mut self, cx: &mut Context) -> io::Result<bool> {
-        let now = self.runtime.now();
+    /// Returns whether to poll again, and whether any datagram was sent (Tether patch:
+    /// `now` comes from the caller, see `ConnectionDriver::poll`).
+    fn drive_transmit(&mut self, cx: &mut Context, now: Instant) -> io::Result<(bool, bool)> {
         let mut transmits = 0;
 
         let max_datagrams = self
@@ -1052,7 +1059,7 @@ impl State {
             if self.io_poller.as_mut().poll_writable(cx)?.is_pending() {
                 // Retry after a future wakeup
                 self.buffered_transmit = Some(t);
-                return Ok(false);
+                return Ok((false, transmits > 0));
             }
 
             let len = t.size;
@@ -1078,11 +1085,11 @@ impl State {
                 // datagrams that could be sent we don't go into the `app_limited`
                 // state and CWND continues to grow until we get here the next time.
                 // See https://github.com/quinn-rs/quinn/issues/1126
-                return Ok(true);
+                return Ok((true, true));
             }
         }
 
-        Ok(false)
+        Ok((false, transmits > 0))
     }
 
     fn forward_endpoint_events(&mut self) {
@@ -1178,7 +1185,8 @@ impl State {
         }
     }
 
-    fn drive_timer(&mut self, cx: &mut Context<'_>) -> bool {
+    /// Tether patch: `now` comes from the caller, see `ConnectionDriver::poll`.
+    fn drive_timer(&mut self, cx: &mut Context<'_>, now: Instant) -> bool {
         let Some(deadline) = self.inner.poll_timeout() else {
             self.timer_deadline = None;
             return false;
@@ -1187,7 +1195,6 @@ impl State {
         // Use the clock rather than the async timer to detect expiry: Sleep::poll
         // respects Tokio's cooperative budget and can return Pending for elapsed
         // deadlines.
-        let now = self.runtime.now();
         if now >= deadline {
             self.inner.handle_timeout(now);
             self.timer_deadline = None;

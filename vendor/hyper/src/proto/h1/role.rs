@@ -515,7 +515,10 @@ impl Http1Transaction for Server {
     }
 
     fn update_date() {
-        date::update();
+        // Tether patch (see vendor/README.md at the repository root): the cached date is
+        // brought up to date where a response writes it (`encode`), not on every poll of
+        // the connection; that was a clock read per poll, two per request, whether or
+        // not a `date` header was written.
     }
 }
 
@@ -983,6 +986,8 @@ impl Server {
         // cached date is much faster than formatting every request
         // don't force the write if disabled
         if !wrote_date && msg.date_header {
+            // Tether patch: see `update_date` above.
+            date::update();
             dst.reserve(date::DATE_VALUE_LENGTH + 8);
             header_name_writer.write_header_name_with_colon(dst, "date: ", header::DATE);
             date::extend(dst);
