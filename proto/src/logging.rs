@@ -41,22 +41,22 @@ pub fn init(cfg: &LogConfig) -> LogGuard {
     use tracing_subscriber::util::SubscriberInitExt;
     let (writer, guard) = crate::log_writer::spawn(std::io::stderr());
     crate::log_direct::install(cfg.format, writer.clone());
-    subscriber(cfg, writer).init();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
+    subscriber(cfg.format, filter, writer).init();
     guard
 }
 
-/// The subscriber [`init`] installs, writing through `writer`: tests build it too, to
-/// hold other output to the same bytes.
-pub fn subscriber<W>(cfg: &LogConfig, writer: W) -> tracing::Dispatch
+/// The subscriber [`init`] installs, with `filter`, writing through `writer`: tests build
+/// it too, to hold other output to the same bytes.
+pub fn subscriber<W>(format: LogFormat, filter: EnvFilter, writer: W) -> tracing::Dispatch
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_timer(crate::log_time::CachedSecondTime);
-    match cfg.format {
+    match format {
         LogFormat::Pretty => builder
             .fmt_fields(crate::log_fields::LogfmtFields)
             .with_ansi(false)

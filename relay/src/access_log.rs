@@ -90,7 +90,7 @@ impl AccessLine<'_> {
 #[cfg(test)]
 mod tests {
     use tether_proto::log_capture::Capture;
-    use tether_proto::logging::{subscriber, LogConfig, LogFormat};
+    use tether_proto::logging::{subscriber, LogFormat};
 
     use super::*;
 
@@ -105,11 +105,8 @@ mod tests {
 
     fn both_ways(a: &AccessLine, format: LogFormat) -> (String, String) {
         let out = Capture::default();
-        let cfg = LogConfig {
-            format,
-            level: "info".into(),
-        };
-        tracing::dispatcher::with_default(&subscriber(&cfg, out.clone()), || a.event());
+        let info = tracing_subscriber::EnvFilter::new("info");
+        tracing::dispatcher::with_default(&subscriber(format, info, out.clone()), || a.event());
         let theirs = out.text();
         let mut line = Line::new(format, Level::INFO, TARGET, MESSAGE);
         a.fields(&mut line);
