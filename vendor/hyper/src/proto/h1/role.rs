@@ -513,13 +513,6 @@ impl Http1Transaction for Server {
     fn is_server() -> bool {
         true
     }
-
-    fn update_date() {
-        // Tether patch (see vendor/README.md at the repository root): the cached date is
-        // brought up to date where a response writes it (`encode`), not on every poll of
-        // the connection; that was a clock read per poll, two per request, whether or
-        // not a `date` header was written.
-    }
 }
 
 #[cfg(feature = "server")]
@@ -986,7 +979,11 @@ impl Server {
         // cached date is much faster than formatting every request
         // don't force the write if disabled
         if !wrote_date && msg.date_header {
-            // Tether patch: see `update_date` above.
+            // Tether patch (see vendor/README.md at the repository root): the cached
+            // date is brought up to date here, where a response writes it, not by
+            // `update_date` on every poll of the connection (the server no longer
+            // overrides it). That was a clock read per poll, two per request, whether or
+            // not a `date` header was written.
             date::update();
             dst.reserve(date::DATE_VALUE_LENGTH + 8);
             header_name_writer.write_header_name_with_colon(dst, "date: ", header::DATE);
