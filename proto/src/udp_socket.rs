@@ -128,6 +128,8 @@ struct UdpSocket {
     blocked: AtomicBool,
     /// The address the socket is connected to, if it is.
     peer: Option<SocketAddr>,
+    /// An IPv6 socket, which takes IPv6 addresses only (IPv4 peers as IPv4-mapped).
+    ipv6: bool,
     /// Datagrams go out without control messages when they can (see the module docs);
     /// cleared for good if the kernel rejects such a send (quinn-udp's path, with its own
     /// fallbacks, takes over).
@@ -146,14 +148,16 @@ impl UdpSocket {
         let state = UdpSocketState::new((&sock).into())?;
         sock.set_nonblocking(true)?;
         let peer = sock.peer_addr().ok();
-        if peer.is_some() || !sock.local_addr()?.ip().is_unspecified() {
-            skip_destination_addresses(sock.as_raw_fd(), sock.local_addr()?);
+        let local = sock.local_addr()?;
+        if peer.is_some() || !local.ip().is_unspecified() {
+            skip_destination_addresses(sock.as_raw_fd(), local);
         }
         Ok(UdpSocket {
             io: register(sock, Interest::READABLE)?,
             state,
             blocked: AtomicBool::new(false),
             peer,
+            ipv6: local.is_ipv6(),
             plain: AtomicBool::new(true),
             tos: AtomicI32::new(TOS_UNSET),
         })
@@ -162,13 +166,17 @@ impl UdpSocket {
     /// Whether `transmit` can go out without control messages: one datagram (no
     /// segmentation offload) from whatever source address the kernel picks, to the
     /// connected peer or from an unconnected socket, with a codepoint the socket's
-    /// option gives it. Sets the option when it may (see the module docs). IPv4-mapped
-    /// destinations stay with quinn-udp: an IPv6 socket marks those from `IP_TOS`, not
-    /// from the `IPV6_TCLASS` set here.
+    /// option gives it. Sets the option when it may (see the module docs). IPv4 peers of
+    /// an IPv6 socket stay with quinn-udp: the socket marks those from `IP_TOS`, not from
+    /// the `IPV6_TCLASS` set here, and takes their addresses only in IPv4-mapped form.
     fn ready_for_plain(&self, transmit: &Transmit) -> bool {
+        let ipv4_peer = match transmit.destination {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
+        };
         if transmit.src_ip.is_some()
             || matches!(transmit.segment_size, Some(size) if size < transmit.contents.len())
-            || matches!(transmit.destination, SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some())
+            || (self.ipv6 && ipv4_peer)
             || !self.plain.load(Ordering::Relaxed)
         {
             return false;
@@ -209,7 +217,10 @@ impl UdpSocket {
                     // An argument the kernel does not take: stop using this path. Other
                     // errors (an ICMP error reported late) consumed nothing but the
                     // error: quinn-udp resends and reports as it always does.
-                    if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIO)) {
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINVAL | libc::EIO | libc::EAFNOSUPPORT)
+                    ) {
                         self.plain.store(false, Ordering::Relaxed);
                     }
                 }
@@ -225,15 +236,17 @@ impl UdpSocket {
     fn send_plain(&self, transmit: &Transmit) -> io::Result<()> {
         let fd = self.io.get_ref().as_raw_fd();
         let (buf, len) = (transmit.contents.as_ptr().cast(), transmit.contents.len());
-        let to = SockAddr::from(transmit.destination);
+        let to = self
+            .peer
+            .is_none()
+            .then(|| SockAddr::from(transmit.destination));
         loop {
             // SAFETY: the pointers and lengths describe the transmit's contents and `to`,
             // which outlive the call; `send` and `sendto` only read them.
             let sent = unsafe {
-                if self.peer.is_some() {
-                    libc::send(fd, buf, len, 0)
-                } else {
-                    libc::sendto(fd, buf, len, 0, to.as_ptr(), to.len)
+                match &to {
+                    None => libc::send(fd, buf, len, 0),
+                    Some(to) => libc::sendto(fd, buf, len, 0, to.as_ptr(), to.len),
                 }
             };
             if sent >= 0 {
@@ -631,6 +644,58 @@ mod tests {
                 meta[0].dst_ip, None,
                 "no destination address for a bound socket"
             );
+        }
+        assert!(
+            a.plain.load(Ordering::Relaxed),
+            "no send fell back for good"
+        );
+    }
+
+    /// A dual-stack IPv6 socket sends plain datagrams to IPv6 peers, their codepoint in
+    /// `IPV6_TCLASS`, and leaves IPv4 peers (IPv4-mapped) to quinn-udp; every codepoint
+    /// arrives. Skipped where the machine has no IPv6 loopback.
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_ipv6_socket_sends_plain_to_ipv6_peers_only() {
+        let (Ok(any6), Ok(lo6)) = (
+            std::net::UdpSocket::bind("[::]:0"),
+            std::net::UdpSocket::bind("[::1]:0"),
+        ) else {
+            eprintln!("skipped: no IPv6 loopback on this machine");
+            return;
+        };
+        let a = Arc::new(UdpSocket::new(any6).unwrap());
+        let b6 = Arc::new(UdpSocket::new(lo6).unwrap());
+        let b4 = bound();
+        let to6 = b6.local_addr().unwrap();
+        let to4 = SocketAddr::new(
+            IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
+            b4.local_addr().unwrap().port(),
+        );
+        let mut bufs = vec![vec![0u8; 2048]; BATCH_SIZE];
+        let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
+        let mut iovs: Vec<IoSliceMut> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let sends = [
+            (to6, &b6, Some(EcnCodepoint::Ect0), true),
+            (to4, &b4, Some(EcnCodepoint::Ect1), false),
+            (to6, &b6, Some(EcnCodepoint::Ect0), true),
+        ];
+        for (i, (to, peer, ecn, plain)) in sends.into_iter().enumerate() {
+            let payload = [i as u8; 16];
+            let t = Transmit {
+                ecn,
+                ..transmit(to, &payload)
+            };
+            assert_eq!(a.ready_for_plain(&t), plain, "datagram {i}");
+            a.try_send(&t).unwrap();
+            let n = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                std::future::poll_fn(|cx| peer.poll_recv(cx, &mut iovs, &mut meta)),
+            )
+            .await
+            .expect("the datagram arrives")
+            .unwrap();
+            assert_eq!((n, &iovs[0][..meta[0].len]), (1, &payload[..]));
+            assert_eq!(meta[0].ecn, ecn, "datagram {i}");
         }
         assert!(
             a.plain.load(Ordering::Relaxed),
