@@ -475,11 +475,10 @@ async fn latency(
     for r in 0..args.latency_reps {
         for t in rotated(targets, r) {
             let (addr, n) = (t.addr, args.latency_requests);
-            // A thread of its own, created by this (pinned) thread: it runs on `cpu.one` too.
+            // A thread of its own, created by this (pinned) worker thread, so it runs on
+            // `cpu.one` too; the worker hands its other tasks over while it waits.
             let mut l =
-                tokio::task::spawn_blocking(move || client::latency_on_own_thread(addr, n / 10, n))
-                    .await
-                    .context("the latency client's task")?
+                tokio::task::block_in_place(|| client::latency_on_own_thread(addr, n / 10, n))
                     .with_context(|| format!("latency through {}", t.name))?;
             l.sort_unstable();
             let us = |p| client::pct(&l, p) as f64 / 1e3;

@@ -317,22 +317,9 @@ impl From<SocketAddr> for SockAddr {
 /// connected or bound-to-one-address socket it is always the socket's own. Best effort:
 /// a kernel that refuses keeps sending it, as before.
 fn skip_destination_addresses(fd: RawFd, local: SocketAddr) {
-    let off: libc::c_int = 0;
-    let mut options = vec![(libc::IPPROTO_IP, libc::IP_PKTINFO)];
+    let _ = set_int_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, 0);
     if local.is_ipv6() {
-        options.push((libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO));
-    }
-    for (level, name) in options {
-        // SAFETY: the option value is a live `c_int` and its size is passed with it.
-        unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                std::ptr::from_ref(&off).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            );
-        }
+        let _ = set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO, 0);
     }
 }
 
@@ -340,10 +327,19 @@ fn skip_destination_addresses(fd: RawFd, local: SocketAddr) {
 /// message: `IP_TOS` for IPv4, `IPV6_TCLASS` for IPv6 (the ECN bits, DSCP zero, as
 /// quinn-udp's control message has it).
 fn set_tos(fd: RawFd, peer: SocketAddr, value: libc::c_int) -> io::Result<()> {
-    let (level, name) = match peer {
-        SocketAddr::V4(_) => (libc::IPPROTO_IP, libc::IP_TOS),
-        SocketAddr::V6(_) => (libc::IPPROTO_IPV6, libc::IPV6_TCLASS),
-    };
+    match peer {
+        SocketAddr::V4(_) => set_int_option(fd, libc::IPPROTO_IP, libc::IP_TOS, value),
+        SocketAddr::V6(_) => set_int_option(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, value),
+    }
+}
+
+/// `setsockopt` for an option whose value is a C `int`.
+fn set_int_option(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: the option value is a live `c_int` and its size is passed with it.
     let rc = unsafe {
         libc::setsockopt(
@@ -489,6 +485,22 @@ mod tests {
         (0..n).map(|i| iovs[i][..meta[i].len].to_vec()).collect()
     }
 
+    /// The next datagram `s` receives, with what quinn-udp read about it.
+    async fn recv_one(s: &UdpSocket) -> (Vec<u8>, RecvMeta) {
+        let mut bufs = vec![vec![0u8; 2048]; BATCH_SIZE];
+        let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
+        let mut iovs: Vec<IoSliceMut> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let n = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| s.poll_recv(cx, &mut iovs, &mut meta)),
+        )
+        .await
+        .expect("the datagram arrives")
+        .unwrap();
+        assert_eq!(n, 1, "one datagram");
+        (iovs[0][..meta[0].len].to_vec(), meta[0])
+    }
+
     fn transmit(to: SocketAddr, data: &[u8]) -> Transmit<'_> {
         Transmit {
             destination: to,
@@ -563,8 +575,6 @@ mod tests {
         let a = connected_to(peer.local_addr().unwrap());
         let a_addr = a.local_addr().unwrap();
         let mut bufs = vec![vec![0u8; 2048]; BATCH_SIZE];
-        let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
-        let mut iovs: Vec<IoSliceMut> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let wait = std::time::Duration::from_secs(5);
         // Every change of codepoint, both ways: each is the socket's option, set anew.
         let codepoints = [
@@ -582,16 +592,10 @@ mod tests {
             };
             assert!(a.ready_for_plain(&t));
             a.try_send(&t).unwrap();
-            let n = tokio::time::timeout(
-                wait,
-                std::future::poll_fn(|cx| peer.poll_recv(cx, &mut iovs, &mut meta)),
-            )
-            .await
-            .expect("the datagram arrives")
-            .unwrap();
-            assert_eq!((n, &iovs[0][..meta[0].len]), (1, &b"ping"[..]));
-            assert_eq!(meta[0].addr, a_addr);
-            assert_eq!(meta[0].ecn, ecn);
+            let (got, meta) = recv_one(&peer).await;
+            assert_eq!(got, b"ping");
+            assert_eq!(meta.addr, a_addr);
+            assert_eq!(meta.ecn, ecn);
         }
         assert!(a.plain.load(Ordering::Relaxed), "no send fell back");
 
@@ -613,9 +617,6 @@ mod tests {
     async fn an_unconnected_socket_sends_plain_datagrams_with_their_codepoints() {
         let (a, b) = (bound(), bound());
         let to = b.local_addr().unwrap();
-        let mut bufs = vec![vec![0u8; 2048]; BATCH_SIZE];
-        let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
-        let mut iovs: Vec<IoSliceMut> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let plain_or_not = [
             (Some(EcnCodepoint::Ect0), true),
             (None, false),
@@ -630,18 +631,12 @@ mod tests {
             };
             assert_eq!(a.ready_for_plain(&t), plain, "datagram {i}");
             a.try_send(&t).unwrap();
-            let n = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                std::future::poll_fn(|cx| b.poll_recv(cx, &mut iovs, &mut meta)),
-            )
-            .await
-            .expect("the datagram arrives")
-            .unwrap();
-            assert_eq!((n, &iovs[0][..meta[0].len]), (1, &payload[..]));
-            assert_eq!(meta[0].addr, a.local_addr().unwrap());
-            assert_eq!(meta[0].ecn, ecn, "datagram {i}");
+            let (got, meta) = recv_one(&b).await;
+            assert_eq!(got, payload);
+            assert_eq!(meta.addr, a.local_addr().unwrap());
+            assert_eq!(meta.ecn, ecn, "datagram {i}");
             assert_eq!(
-                meta[0].dst_ip, None,
+                meta.dst_ip, None,
                 "no destination address for a bound socket"
             );
         }
@@ -671,9 +666,6 @@ mod tests {
             IpAddr::V6(Ipv4Addr::LOCALHOST.to_ipv6_mapped()),
             b4.local_addr().unwrap().port(),
         );
-        let mut bufs = vec![vec![0u8; 2048]; BATCH_SIZE];
-        let mut meta = vec![RecvMeta::default(); BATCH_SIZE];
-        let mut iovs: Vec<IoSliceMut> = bufs.iter_mut().map(|b| IoSliceMut::new(b)).collect();
         let sends = [
             (to6, &b6, Some(EcnCodepoint::Ect0), true),
             (to4, &b4, Some(EcnCodepoint::Ect1), false),
@@ -687,15 +679,9 @@ mod tests {
             };
             assert_eq!(a.ready_for_plain(&t), plain, "datagram {i}");
             a.try_send(&t).unwrap();
-            let n = tokio::time::timeout(
-                std::time::Duration::from_secs(5),
-                std::future::poll_fn(|cx| peer.poll_recv(cx, &mut iovs, &mut meta)),
-            )
-            .await
-            .expect("the datagram arrives")
-            .unwrap();
-            assert_eq!((n, &iovs[0][..meta[0].len]), (1, &payload[..]));
-            assert_eq!(meta[0].ecn, ecn, "datagram {i}");
+            let (got, meta) = recv_one(peer).await;
+            assert_eq!(got, payload);
+            assert_eq!(meta.ecn, ecn, "datagram {i}");
         }
         assert!(
             a.plain.load(Ordering::Relaxed),
