@@ -19,6 +19,7 @@ use std::{
 use crate::runtime::default_runtime;
 use crate::{
     Instant,
+    recv_slots::RecvSlots,
     runtime::{AsyncUdpSocket, Runtime},
     udp_transmit,
 };
@@ -743,6 +744,10 @@ struct RecvState {
     connections: ConnectionSet,
     recv_buf: Box<[u8]>,
     recv_limiter: WorkLimiter,
+    /// Tether patch: the slots offered to the socket per read (`recv_slots.rs`), and the
+    /// metadata they are read into, kept here so that a read initialises only its own.
+    recv_slots: RecvSlots,
+    metas: Box<[RecvMeta; BATCH_SIZE]>,
 }
 
 impl RecvState {
@@ -766,6 +771,8 @@ impl RecvState {
             incoming: VecDeque::new(),
             recv_buf: recv_buf.into(),
             recv_limiter: WorkLimiter::new(RECV_TIME_BOUND),
+            recv_slots: RecvSlots::new(),
+            metas: Box::new([RecvMeta::default(); BATCH_SIZE]),
         }
     }
 
@@ -778,22 +785,29 @@ impl RecvState {
         now: Instant,
     ) -> Result<PollProgress, io::Error> {
         let mut received_connection_packet = false;
-        let mut metas = [RecvMeta::default(); BATCH_SIZE];
-        let mut iovs: [IoSliceMut; BATCH_SIZE] = {
-            let mut bufs = self
-                .recv_buf
-                .chunks_mut(self.recv_buf.len() / BATCH_SIZE)
-                .map(IoSliceMut::new);
-
-            // expect() safe as self.recv_buf is chunked into BATCH_SIZE items
-            // and iovs will be of size BATCH_SIZE, thus from_fn is called
-            // exactly BATCH_SIZE times.
-            std::array::from_fn(|_| bufs.next().expect("BATCH_SIZE elements"))
-        };
+        // Tether patch: only the slots a read offers are built (`recv_slots.rs`); upstream
+        // built all `BATCH_SIZE` of them, and their metadata, on every call.
+        let chunk_len = self.recv_buf.len() / BATCH_SIZE;
+        let mut chunks = self.recv_buf.chunks_mut(chunk_len);
+        let mut iovs = [const { mem::MaybeUninit::<IoSliceMut<'_>>::uninit() }; BATCH_SIZE];
+        let mut built = 0;
         loop {
-            match socket.poll_recv(cx, &mut iovs, &mut metas) {
+            let offered = self.recv_slots.next();
+            while built < offered {
+                let chunk = chunks.next().expect("recv_buf holds BATCH_SIZE chunks");
+                iovs[built].write(IoSliceMut::new(chunk));
+                built += 1;
+            }
+            // SAFETY: `iovs[..built]` were initialised just above, `offered <= built`, and
+            // `MaybeUninit<T>` has the layout of `T`.
+            let iovs = unsafe {
+                std::slice::from_raw_parts_mut(iovs.as_mut_ptr().cast::<IoSliceMut<'_>>(), offered)
+            };
+            let metas = &mut self.metas[..offered];
+            match socket.poll_recv(cx, iovs, metas) {
                 Poll::Ready(Ok(msgs)) => {
                     self.recv_limiter.record_work(msgs);
+                    self.recv_slots.record(msgs, offered);
                     for (meta, buf) in metas.iter().zip(iovs.iter()).take(msgs) {
                         let mut data: BytesMut = buf[0..meta.len].into();
                         while !data.is_empty() {

@@ -17,10 +17,7 @@ use crate::{
     quic::{self},
     shared_state::{ConnectionState, SharedState},
 };
-use std::{
-    convert::TryFrom,
-    task::{Context, Poll},
-};
+use std::task::{Context, Poll};
 
 /// Manage request bodies transfer, response and trailers.
 ///
@@ -124,7 +121,8 @@ where
         //# H3_GENERAL_PROTOCOL_ERROR.
 
         let decoded = if let Frame::Headers(ref mut encoded) = frame {
-            match qpack::decode_stateless(encoded, self.inner.max_field_section_size) {
+            // Tether patch: decoded straight into a `Header` (`Header::decode_stateless`).
+            match Header::decode_stateless(encoded, self.inner.max_field_section_size) {
                 //= https://www.rfc-editor.org/rfc/rfc9114#section-4.2.2
                 //# An HTTP/3 implementation MAY impose a limit on the maximum size of
                 //# the message header it will accept on an individual HTTP message.
@@ -158,9 +156,7 @@ where
             );
         };
 
-        let qpack::Decoded { fields, .. } = decoded;
-
-        let (status, headers) = Header::try_from(fields)
+        let (status, headers) = decoded
             .map_err(|_e| {
                 self.inner.stream.stop_sending(Code::H3_REQUEST_CANCELLED);
                 StreamError::StreamError {

@@ -66,15 +66,12 @@ impl Header {
     pub fn into_request_parts(
         self,
     ) -> Result<(Method, Uri, Option<Protocol>, HeaderMap), HeaderError> {
-        let mut uri = Uri::builder();
-
-        if let Some(path) = self.pseudo.path {
-            uri = uri.path_and_query(path.as_str().as_bytes());
-        }
-
-        if let Some(scheme) = self.pseudo.scheme {
-            uri = uri.scheme(scheme.as_str().as_bytes());
-        }
+        // Tether patch (see vendor/README.md at the repository root): the URI is put
+        // together from the parsed pseudo-headers as they are (`Uri::from_parts`), where
+        // upstream's `uri::Builder` printed each back to bytes, copied and parsed it again.
+        let mut uri = uri::Parts::default();
+        uri.path_and_query = self.pseudo.path;
+        uri.scheme = self.pseudo.scheme;
 
         //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
         //# If the :scheme pseudo-header field identifies a scheme that has a
@@ -87,17 +84,21 @@ impl Header {
         //# If the scheme does not have a mandatory authority component and none
         //# is provided in the request target, the request MUST NOT contain the
         //# :authority pseudo-header or Host header fields.
-        match (self.pseudo.authority, self.fields.get("host")) {
+        let host = |h: &HeaderValue| {
+            Authority::try_from(h.as_bytes())
+                .map_err(|e| HeaderError::InvalidRequest(http::Error::from(e)))
+        };
+        uri.authority = match (self.pseudo.authority, self.fields.get("host")) {
             (None, None) => return Err(HeaderError::MissingAuthority),
-            (Some(a), None) => uri = uri.authority(a.as_str().as_bytes()),
-            (None, Some(h)) => uri = uri.authority(h.as_bytes()),
+            (Some(a), None) => Some(a),
+            (None, Some(h)) => Some(host(h)?),
             //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
             //# If both fields are present, they MUST contain the same value.
             (Some(a), Some(h)) if a.as_str() != h => {
                 return Err(HeaderError::ContradictedAuthority)
             }
-            (Some(_), Some(h)) => uri = uri.authority(h.as_bytes()),
-        }
+            (Some(_), Some(h)) => Some(host(h)?),
+        };
 
         Ok((
             self.pseudo.method.ok_or(HeaderError::MissingMethod)?,
@@ -105,7 +106,7 @@ impl Header {
             //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
             //# If these fields are present, they MUST NOT be
             //# empty.
-            uri.build().map_err(HeaderError::InvalidRequest)?,
+            Uri::from_parts(uri).map_err(|e| HeaderError::InvalidRequest(http::Error::from(e)))?,
             self.pseudo.protocol,
             self.fields,
         ))
@@ -261,6 +262,39 @@ impl Iterator for HeaderIter {
     }
 }
 
+impl Header {
+    /// Tether patch (see vendor/README.md at the repository root): a received field section
+    /// decoded straight into a `Header`, its values and its `:path` and `:authority`
+    /// sharing `buf`'s storage (`qpack::decode_stateless_lines`).
+    ///
+    /// Upstream decoded the section into a `Vec` of owned `HeaderField`s and converted
+    /// that (`TryFrom<Vec<HeaderField>>`, still here for h3's own tests), copying every
+    /// literal twice. The outcome is the same: a QPACK error (the caller's connection
+    /// error, `HeaderTooLong` included) wins over a malformed field, which is reported
+    /// as the first one `try_from` would have stopped at.
+    pub fn decode_stateless(
+        buf: &mut Bytes,
+        max_size: u64,
+    ) -> Result<Result<Self, HeaderError>, qpack::DecoderError> {
+        let mut fields = HeaderMap::new();
+        let mut pseudo = Pseudo::default();
+        let mut malformed = None;
+        qpack::decode_stateless_lines(buf, max_size, |name, value| {
+            if malformed.is_some() {
+                return;
+            }
+            match Field::parse_shared(&name, value) {
+                Ok(field) => pseudo.set_or_append(field, &mut fields),
+                Err(e) => malformed = Some(e),
+            }
+        })?;
+        Ok(match malformed {
+            Some(e) => Err(e),
+            None => Ok(Header { pseudo, fields }),
+        })
+    }
+}
+
 impl TryFrom<Vec<HeaderField>> for Header {
     type Error = HeaderError;
     fn try_from(headers: Vec<HeaderField>) -> Result<Self, Self::Error> {
@@ -269,35 +303,7 @@ impl TryFrom<Vec<HeaderField>> for Header {
 
         for field in headers.into_iter() {
             let (name, value) = field.into_inner();
-            match Field::parse(name, value)? {
-                Field::Method(m) => {
-                    pseudo.method = Some(m);
-                    pseudo.len += 1;
-                }
-                Field::Scheme(s) => {
-                    pseudo.scheme = Some(s);
-                    pseudo.len += 1;
-                }
-                Field::Authority(a) => {
-                    pseudo.authority = Some(a);
-                    pseudo.len += 1;
-                }
-                Field::Path(p) => {
-                    pseudo.path = Some(p);
-                    pseudo.len += 1;
-                }
-                Field::Status(s) => {
-                    pseudo.status = Some(s);
-                    pseudo.len += 1;
-                }
-                Field::Header((n, v)) => {
-                    fields.append(n, v);
-                }
-                Field::Protocol(p) => {
-                    pseudo.protocol = Some(p);
-                    pseudo.len += 1;
-                }
-            }
+            pseudo.set_or_append(Field::parse(name, value)?, &mut fields);
         }
 
         Ok(Header { pseudo, fields })
@@ -366,6 +372,63 @@ impl Field {
     }
 }
 
+impl Field {
+    /// Tether patch: `parse` for a line whose value is `Bytes` (`Header::decode_stateless`):
+    /// field values, `:path` and `:authority` keep the value's storage instead of copying
+    /// it. The checks, and the errors, are `parse`'s.
+    fn parse_shared(name: &[u8], value: Bytes) -> Result<Self, HeaderError> {
+        if name.is_empty() {
+            return Err(HeaderError::InvalidHeaderName("name is empty".into()));
+        }
+        if name[0] != b':' {
+            let header_name =
+                HeaderName::from_lowercase(name).map_err(|_| HeaderError::invalid_name(name))?;
+            let value = HeaderValue::from_maybe_shared(value).map_err(|_| {
+                HeaderError::InvalidHeaderValue(format!(
+                    "{:?}: not a valid field value",
+                    String::from_utf8_lossy(name)
+                ))
+            })?;
+            return Ok(Field::Header((header_name, value)));
+        }
+        match name {
+            b":authority" => Ok(Field::Authority(shared_value(
+                name,
+                value,
+                Authority::from_maybe_shared,
+            )?)),
+            b":path" => Ok(Field::Path(shared_value(
+                name,
+                value,
+                PathAndQuery::from_maybe_shared,
+            )?)),
+            b":scheme" => Ok(Field::Scheme(try_value(name, &value)?)),
+            b":method" => Ok(Field::Method(
+                Method::from_bytes(&value).map_err(|_| HeaderError::invalid_value(name, &value))?,
+            )),
+            b":status" => Ok(Field::Status(
+                StatusCode::from_bytes(&value)
+                    .map_err(|_| HeaderError::invalid_value(name, &value))?,
+            )),
+            b":protocol" => Ok(Field::Protocol(try_value(name, &value)?)),
+            _ => Err(HeaderError::invalid_name(name)),
+        }
+    }
+}
+
+/// Tether patch: `try_value` for a `Bytes` value, parsed where it lies: the UTF-8 check
+/// of `try_value`, then `parse` on the value's own storage.
+fn shared_value<R, E>(
+    name: &[u8],
+    value: Bytes,
+    parse: impl FnOnce(Bytes) -> Result<R, E>,
+) -> Result<R, HeaderError> {
+    if std::str::from_utf8(&value).is_err() {
+        return Err(HeaderError::invalid_value(name, value));
+    }
+    parse(value.clone()).map_err(|_| HeaderError::invalid_value(name, value))
+}
+
 /// Tether patch (see vendor/README.md at the repository root): a value the decoder
 /// produced as its own `Vec` becomes the `HeaderValue`'s storage as it is, where
 /// `HeaderValue::from_bytes` would copy it into a new allocation.
@@ -423,6 +486,40 @@ struct Pseudo {
 
 #[allow(clippy::len_without_is_empty)]
 impl Pseudo {
+    /// Tether patch: one parsed line into the pseudo-header it sets, or appended to
+    /// `fields` (shared by `TryFrom<Vec<HeaderField>>` and `Header::decode_stateless`).
+    fn set_or_append(&mut self, field: Field, fields: &mut HeaderMap) {
+        match field {
+            Field::Method(m) => {
+                self.method = Some(m);
+                self.len += 1;
+            }
+            Field::Scheme(s) => {
+                self.scheme = Some(s);
+                self.len += 1;
+            }
+            Field::Authority(a) => {
+                self.authority = Some(a);
+                self.len += 1;
+            }
+            Field::Path(p) => {
+                self.path = Some(p);
+                self.len += 1;
+            }
+            Field::Status(s) => {
+                self.status = Some(s);
+                self.len += 1;
+            }
+            Field::Header((n, v)) => {
+                fields.append(n, v);
+            }
+            Field::Protocol(p) => {
+                self.protocol = Some(p);
+                self.len += 1;
+            }
+        }
+    }
+
     fn request(method: Method, uri: Uri, ext: Extensions) -> Self {
         let Parts {
             scheme,
@@ -706,5 +803,102 @@ mod tests {
                 value: std::borrow::Cow::Borrowed(b"other-header-value")
             },]
         );
+    }
+
+    // Tether patch: `Header::decode_stateless` against upstream's decode-then-convert.
+
+    fn block_of(lines: &[(&str, &str)]) -> Bytes {
+        let mut block = BytesMut::new();
+        let lines = lines.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes()));
+        qpack::encode_stateless_borrowed(&mut block, lines).unwrap();
+        block.freeze()
+    }
+
+    fn upstream(block: &Bytes) -> Result<Result<Header, HeaderError>, qpack::DecoderError> {
+        let decoded = qpack::decode_stateless(&mut block.clone(), u64::MAX)?;
+        Ok(Header::try_from(decoded.fields))
+    }
+
+    fn shared(block: &Bytes) -> Result<Result<Header, HeaderError>, qpack::DecoderError> {
+        Header::decode_stateless(&mut block.clone(), u64::MAX)
+    }
+
+    #[test]
+    fn decode_stateless_builds_what_try_from_builds() {
+        let request = block_of(&[
+            (":method", "POST"),
+            (":scheme", "https"),
+            (":authority", "svc.internal:8443"),
+            (":path", "/v1/items?x=1&y=%20"),
+            ("x-node-id", "node-1"),
+            ("x-forwarded-for", "10.0.0.1, 127.0.0.1"),
+            ("content-length", "12"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("x-utf8", "caf\u{e9}"),
+        ]);
+        let got = shared(&request).unwrap().unwrap();
+        assert_eq!(got, upstream(&request).unwrap().unwrap());
+        let (method, uri, protocol, fields) = got.into_request_parts().unwrap();
+        assert_eq!(method, Method::POST);
+        assert_eq!(uri, "https://svc.internal:8443/v1/items?x=1&y=%20");
+        assert_eq!(protocol, None);
+        assert_eq!(fields.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(fields["x-utf8"].as_bytes(), "caf\u{e9}".as_bytes());
+
+        let response = block_of(&[
+            (":status", "200"),
+            ("content-length", "1024"),
+            ("date", "x"),
+        ]);
+        let got = shared(&response).unwrap().unwrap();
+        assert_eq!(got, upstream(&response).unwrap().unwrap());
+        let (status, fields) = got.into_response_parts().unwrap();
+        assert_eq!((status, fields.len()), (StatusCode::OK, 2));
+    }
+
+    #[test]
+    fn decode_stateless_refuses_what_try_from_refuses() {
+        let malformed: [&[(&str, &str)]; 8] = [
+            &[(":method", "GET"), ("Upper", "x")],
+            &[(":method", "GET"), ("x-bad", "a\nb")],
+            &[(":method", "G T")],
+            &[(":status", "2000")],
+            &[(":authority", "")],
+            &[(":authority", "a b")],
+            &[(":path", "/a b")],
+            &[(":other", "x")],
+        ];
+        for lines in malformed {
+            let block = block_of(lines);
+            assert!(upstream(&block).unwrap().is_err(), "{lines:?}");
+            assert!(shared(&block).unwrap().is_err(), "{lines:?}");
+        }
+        // A malformed line, then a QPACK error: the QPACK error wins, as upstream.
+        let mut block = BytesMut::from(&block_of(&[("Upper", "x")])[..]);
+        block.extend_from_slice(&[0x80 | 1]); // indexed, dynamic
+        let block = block.freeze();
+        assert!(upstream(&block).is_err());
+        assert!(shared(&block).is_err());
+    }
+
+    #[test]
+    fn decode_stateless_keeps_values_in_the_buffer() {
+        let block = block_of(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "example.com"),
+            (":path", "/fixed"),
+            ("x-node-id", "bench"),
+        ]);
+        let range = block.as_ptr() as usize..block.as_ptr() as usize + block.len();
+        let (_, uri, _, fields) = shared(&block)
+            .unwrap()
+            .unwrap()
+            .into_request_parts()
+            .unwrap();
+        assert!(range.contains(&(fields["x-node-id"].as_bytes().as_ptr() as usize)));
+        assert!(range.contains(&(uri.path().as_ptr() as usize)));
+        assert!(range.contains(&(uri.authority().unwrap().as_str().as_ptr() as usize)));
     }
 }

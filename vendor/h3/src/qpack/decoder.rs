@@ -1,4 +1,4 @@
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 use std::{convert::TryInto, fmt, io::Cursor, num::TryFromIntError};
 
 #[cfg(feature = "tracing")]
@@ -259,6 +259,83 @@ pub fn decode_stateless<T: Buf>(buf: &mut T, max_size: u64) -> Result<Decoded, D
         mem_size,
         dyn_ref: false,
     })
+}
+
+/// Tether patch (see vendor/README.md at the repository root): `decode_stateless` for a
+/// field section held in `Bytes`, handing each field line to `line` as a name and a value
+/// instead of collecting owned `HeaderField`s.
+///
+/// Static-table names and values are `Bytes::from_static`, and raw literals are slices of
+/// `buf` (`prefix_string::decode_shared`): a request head decodes with no allocation for
+/// its lines, where upstream allocated (and zeroed) a `Vec` for every literal and grew the
+/// `Vec` of fields. Errors, the size limit and the size returned are `decode_stateless`'s.
+pub fn decode_stateless_lines<F>(
+    buf: &mut Bytes,
+    max_size: u64,
+    mut line: F,
+) -> Result<u64, DecoderError>
+where
+    F: FnMut(Bytes, Bytes),
+{
+    let (required_ref, _base) = HeaderPrefix::decode(buf)?.get(0, 0)?;
+
+    if required_ref > 0 {
+        return Err(DecoderError::MissingRefs(required_ref));
+    }
+
+    let mut mem_size = 0;
+    while buf.has_remaining() {
+        let (name, value) = match HeaderBlockField::decode(buf.chunk()[0]) {
+            HeaderBlockField::IndexedWithPostBase => return Err(DecoderError::MissingRefs(0)),
+            HeaderBlockField::LiteralWithPostBaseNameRef => {
+                return Err(DecoderError::MissingRefs(0))
+            }
+            HeaderBlockField::Indexed => match Indexed::decode(buf)? {
+                Indexed::Static(index) => {
+                    let field = StaticTable::get(index)?;
+                    (static_bytes(&field.name), static_bytes(&field.value))
+                }
+                Indexed::Dynamic(_) => return Err(DecoderError::MissingRefs(0)),
+            },
+            HeaderBlockField::LiteralWithNameRef => {
+                // `LiteralWithNameRef::decode`, with the value left in `buf`'s storage.
+                let (flags, index) = prefix_int::decode(4, buf)?;
+                if flags & 0b0101 != 0b0101 && flags & 0b0101 != 0b0100 {
+                    return Err(DecoderError::UnknownPrefix(flags));
+                }
+                let index: usize = index
+                    .try_into()
+                    .map_err(|_| DecoderError::InvalidInteger(prefix_int::Error::Overflow))?;
+                let value = prefix_string::decode_shared(8, buf)?;
+                if flags & 0b0101 == 0b0100 {
+                    return Err(DecoderError::MissingRefs(0));
+                }
+                (static_bytes(&StaticTable::get(index)?.name), value)
+            }
+            HeaderBlockField::Literal => {
+                // `Literal::decode`, with name and value left in `buf`'s storage.
+                let name = prefix_string::decode_shared(4, buf)?;
+                (name, prefix_string::decode_shared(8, buf)?)
+            }
+            _ => return Err(DecoderError::UnknownPrefix(buf.chunk()[0])),
+        };
+        mem_size += (name.len() + value.len() + super::field::ESTIMATED_OVERHEAD_BYTES) as u64;
+        // Cancel decoding if the header is considered too big
+        if mem_size > max_size {
+            return Err(DecoderError::HeaderTooLong(mem_size));
+        }
+        line(name, value);
+    }
+
+    Ok(mem_size)
+}
+
+/// A static-table entry as `Bytes`, without a copy.
+fn static_bytes(s: &std::borrow::Cow<'static, [u8]>) -> Bytes {
+    match s {
+        std::borrow::Cow::Borrowed(b) => Bytes::from_static(b),
+        std::borrow::Cow::Owned(v) => Bytes::copy_from_slice(v),
+    }
 }
 
 #[cfg(test)]
@@ -551,7 +628,13 @@ mod tests {
         let mut enc = Cursor::new(&buf[..buf.len() - 1]);
         let mut dec = vec![];
         assert!(decoder.on_encoder_recv(&mut enc, &mut dec).is_ok());
-        assert_eq!(enc.position(), 15);
+        // Tether patch: the first instruction's length, which upstream wrote as 15, the
+        // size of its Huffman-coded form; literals are now written raw.
+        let mut first = vec![];
+        InsertWithoutNameRef::new("keyfoobarbaz", "value")
+            .encode(&mut first)
+            .unwrap();
+        assert_eq!(enc.position(), first.len() as u64);
 
         let mut dec_cursor = Cursor::new(&dec);
         assert_eq!(
@@ -757,5 +840,123 @@ mod tests {
         let decoder = Decoder::from(table);
         let Decoded { fields, .. } = decoder.decode_header(&mut read).unwrap();
         assert_eq!(fields, &[field(max_entries + 6), field(max_entries + 10)]);
+    }
+
+    // Tether patch: `decode_stateless_lines` against `decode_stateless`.
+    use crate::qpack::encode_stateless;
+
+    fn lines_of(block: &[u8], max_size: u64) -> Result<(Vec<HeaderField>, u64), DecoderError> {
+        let mut buf = Bytes::copy_from_slice(block);
+        let mut fields = Vec::new();
+        let size = decode_stateless_lines(&mut buf, max_size, |n, v| {
+            fields.push(HeaderField::new(n.to_vec(), v.to_vec()))
+        })?;
+        Ok((fields, size))
+    }
+
+    fn fields_of(block: &[u8], max_size: u64) -> Result<(Vec<HeaderField>, u64), DecoderError> {
+        let mut buf = Cursor::new(block);
+        let Decoded {
+            fields, mem_size, ..
+        } = decode_stateless(&mut buf, max_size)?;
+        let fields = fields
+            .into_iter()
+            .map(|f| HeaderField::new(f.name.to_vec(), f.value.to_vec()))
+            .collect();
+        Ok((fields, mem_size))
+    }
+
+    #[test]
+    fn lines_match_decode_stateless_for_every_representation() {
+        let fields = [
+            HeaderField::new(":method", "GET"),            // indexed, static
+            HeaderField::new(":path", "/a/b?c=d"),         // literal, static name
+            HeaderField::new(":authority", "example.com"), // literal, static name
+            HeaderField::new("x-forwarded-proto", "http"), // literal name and value
+            HeaderField::new("empty", ""),                 // empty value
+            HeaderField::new("x-long", "v".repeat(300)),   // multi-byte length prefixes
+            HeaderField::new("x-".to_string() + &"n".repeat(200), "1"),
+        ];
+        let mut block = vec![];
+        encode_stateless(&mut block, fields.iter()).unwrap();
+        let lines = lines_of(&block, u64::MAX).unwrap();
+        assert_eq!(lines, fields_of(&block, u64::MAX).unwrap());
+        assert_eq!(lines.0, fields.to_vec());
+    }
+
+    #[test]
+    fn lines_decode_huffman_coded_literals() {
+        // RFC 7541 C.4.1: "www.example.com" Huffman-coded, as a literal with the static
+        // name `:authority` (index 0, N clear) and as a literal name with the same value.
+        let huffman = [
+            0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
+        ];
+        let mut block = vec![0x00, 0x00, 0b0101_0000, 0x80 | huffman.len() as u8];
+        block.extend_from_slice(&huffman);
+        // Literal field line with literal name: 001N H + 3-bit length; name "host" raw.
+        block.extend_from_slice(&[0b0010_0100]);
+        block.extend_from_slice(b"host");
+        block.push(0x80 | huffman.len() as u8);
+        block.extend_from_slice(&huffman);
+        let (lines, _) = lines_of(&block, u64::MAX).unwrap();
+        assert_eq!(
+            lines,
+            vec![
+                HeaderField::new(":authority", "www.example.com"),
+                HeaderField::new("host", "www.example.com"),
+            ]
+        );
+        assert_eq!(lines, fields_of(&block, u64::MAX).unwrap().0);
+    }
+
+    #[test]
+    fn lines_share_the_buffer_for_raw_literals() {
+        let fields = [HeaderField::new("x-node-id", "bench")];
+        let mut block = vec![];
+        encode_stateless(&mut block, fields.iter()).unwrap();
+        let mut buf = Bytes::from(block);
+        let range = buf.as_ptr() as usize..buf.as_ptr() as usize + buf.len();
+        let mut seen = vec![];
+        decode_stateless_lines(&mut buf, u64::MAX, |n, v| seen.push((n, v))).unwrap();
+        let (n, v) = &seen[0];
+        assert!(range.contains(&(n.as_ptr() as usize)));
+        assert!(range.contains(&(v.as_ptr() as usize)));
+        assert_eq!((&n[..], &v[..]), (&b"x-node-id"[..], &b"bench"[..]));
+    }
+
+    #[test]
+    fn lines_stop_at_the_size_limit_where_decode_stateless_does() {
+        let fields = [
+            HeaderField::new(":path", "/"),
+            HeaderField::new("a", "b".repeat(40)),
+            HeaderField::new("c", "d"),
+        ];
+        let mut block = vec![];
+        encode_stateless(&mut block, fields.iter()).unwrap();
+        let (_, total) = lines_of(&block, u64::MAX).unwrap();
+        for limit in [0, 30, 33, 80, total - 1, total] {
+            let lines = lines_of(&block, limit);
+            let fields = fields_of(&block, limit);
+            assert_eq!(lines, fields, "limit {limit}");
+        }
+        assert!(matches!(
+            lines_of(&block, 40),
+            Err(DecoderError::HeaderTooLong(_))
+        ));
+    }
+
+    #[test]
+    fn lines_refuse_what_decode_stateless_refuses() {
+        let cases: [&[u8]; 5] = [
+            &[0x00],                         // a prefix cut short
+            &[0x00, 0x00, 0x80 | 1],         // indexed, dynamic
+            &[0x00, 0x00, 0xff, 0x7f],       // indexed, static index out of the table
+            &[0x00, 0x00, 0x50, 0x05, b'a'], // value shorter than its length
+            &[0x00, 0x00, 0x10],             // post-base index
+        ];
+        for block in cases {
+            assert!(lines_of(block, u64::MAX).is_err(), "{block:?}");
+            assert!(fields_of(block, u64::MAX).is_err(), "{block:?}");
+        }
     }
 }

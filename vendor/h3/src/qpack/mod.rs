@@ -1,5 +1,5 @@
 pub use self::{
-    decoder::{decode_stateless, Decoded, DecoderError},
+    decoder::{decode_stateless, decode_stateless_lines, Decoded, DecoderError},
     encoder::{encode_stateless, encode_stateless_borrowed, EncoderError},
     field::HeaderField,
 };

@@ -1,4 +1,4 @@
-use std::{convert::TryFrom, sync::Arc};
+use std::sync::Arc;
 
 use bytes::Buf;
 use http::{Request, StatusCode};
@@ -17,7 +17,7 @@ use crate::{
     frame::{FrameStream, FrameStreamError},
     proto::{
         frame::{Frame, PayloadLen},
-        headers::Header,
+        headers::{Header, HeaderError},
     },
     qpack,
     quic::{self, SendStream, StreamId},
@@ -125,7 +125,8 @@ where
             }
         };
 
-        let decoded = match qpack::decode_stateless(&mut encoded, self.max_field_section_size) {
+        // Tether patch: decoded straight into a `Header` (`Header::decode_stateless`).
+        let decoded = match Header::decode_stateless(&mut encoded, self.max_field_section_size) {
             //= https://www.rfc-editor.org/rfc/rfc9114#section-4.2.2
             //# An HTTP/3 implementation MAY impose a limit on the maximum size of
             //# the message header it will accept on an individual HTTP message.
@@ -169,7 +170,7 @@ where
 {
     request_stream: RequestStream<C::BidiStream, B>,
     // Ok or `REQUEST_HEADER_FIELDS_TO_LARGE` which needs to be sent
-    decoded: Result<qpack::Decoded, u64>,
+    decoded: Result<Result<Header, HeaderError>, u64>,
     max_field_section_size: u64,
 }
 
@@ -180,7 +181,7 @@ where
 {
     pub fn new(
         request_stream: RequestStream<C::BidiStream, B>,
-        decoded: Result<qpack::Decoded, u64>,
+        decoded: Result<Result<Header, HeaderError>, u64>,
         max_field_section_size: u64,
     ) -> Self {
         Self {
@@ -195,8 +196,8 @@ where
     pub async fn resolve(
         mut self,
     ) -> Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError> {
-        let fields = match self.decoded {
-            Ok(v) => v.fields,
+        let header = match self.decoded {
+            Ok(v) => v,
             Err(cancel_size) => {
                 // Send and await the error response
                 self.request_stream
@@ -216,13 +217,7 @@ where
         };
 
         // Parse the request headers
-        let result = match Header::try_from(fields) {
-            Ok(header) => match header.into_request_parts() {
-                Ok(parts) => Ok(parts),
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err),
-        };
+        let result = header.and_then(Header::into_request_parts);
         let (method, uri, protocol, headers) = match result {
             Ok(parts) => parts,
             Err(err) => {

@@ -6,7 +6,7 @@ use std::convert::TryInto;
 use std::fmt;
 use std::num::TryFromIntError;
 
-use bytes::{Buf, BufMut};
+use bytes::{Buf, BufMut, Bytes};
 
 pub use self::bitwin::BitWindow;
 
@@ -61,6 +61,28 @@ pub fn decode<B: Buf>(size: u8, buf: &mut B) -> Result<Vec<u8>, Error> {
         decoded
     };
     Ok(value)
+}
+
+/// Tether patch (see vendor/README.md at the repository root): `decode` for a field
+/// section held in `Bytes`. A raw literal (H bit clear, as Tether's encoder writes them)
+/// is split off the buffer and shares its storage, so a header value costs no allocation
+/// and no copy; a Huffman-coded one is decoded into a buffer of its own.
+pub fn decode_shared(size: u8, buf: &mut Bytes) -> Result<Bytes, Error> {
+    let (flags, len) = prefix_int::decode(size - 1, buf)?;
+    let len: usize = len.try_into()?;
+    if buf.remaining() < len {
+        return Err(Error::UnexpectedEnd);
+    }
+    let payload = buf.split_to(len);
+    if flags & 1 == 0 {
+        return Ok(payload);
+    }
+    let coded = payload.to_vec();
+    let mut decoded = Vec::new();
+    for byte in coded.hpack_decode() {
+        decoded.push(byte?);
+    }
+    Ok(Bytes::from(decoded))
 }
 
 /// Writes `value` as a QPACK string literal with the H bit clear: the bytes as they are,
