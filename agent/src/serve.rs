@@ -69,6 +69,9 @@ pub async fn handle(
         }
     };
     if req.uri().path() == CONTROL_PATH {
+        // The head's values share the buffer its packet arrived in (vendored h3): let it
+        // go rather than hold it for the connection's life.
+        drop(req);
         return control.serve(stream).await;
     }
     let span = debug_span!(
