@@ -561,6 +561,33 @@ mod tests {
         }
     }
 
+    /// Sends `payload` to `to` with codepoint `ecn`, checks that it took the plain path
+    /// or not as `plain` says, and that `peer` got the payload with the codepoint; returns
+    /// what else `peer` learned of it.
+    async fn send_checked(
+        from: &UdpSocket,
+        peer: &UdpSocket,
+        to: SocketAddr,
+        ecn: Option<EcnCodepoint>,
+        payload: &[u8],
+        plain: bool,
+    ) -> RecvMeta {
+        let t = Transmit {
+            ecn,
+            ..transmit(to, payload)
+        };
+        assert_eq!(
+            from.ready_for_plain(&t),
+            plain,
+            "plain path, {ecn:?} to {to}"
+        );
+        from.try_send(&t).unwrap();
+        let (got, meta) = recv_one(peer).await;
+        assert_eq!(got, payload);
+        assert_eq!(meta.ecn, ecn, "codepoint on arrival, {ecn:?} to {to}");
+        meta
+    }
+
     fn connected_to(peer: SocketAddr) -> Arc<UdpSocket> {
         let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.connect(peer).unwrap();
@@ -586,16 +613,9 @@ mod tests {
             Some(EcnCodepoint::Ce),
         ];
         for ecn in codepoints {
-            let t = Transmit {
-                ecn,
-                ..transmit(peer.local_addr().unwrap(), b"ping")
-            };
-            assert!(a.ready_for_plain(&t));
-            a.try_send(&t).unwrap();
-            let (got, meta) = recv_one(&peer).await;
-            assert_eq!(got, b"ping");
+            let to = peer.local_addr().unwrap();
+            let meta = send_checked(&a, &peer, to, ecn, b"ping", true).await;
             assert_eq!(meta.addr, a_addr);
-            assert_eq!(meta.ecn, ecn);
         }
         assert!(a.plain.load(Ordering::Relaxed), "no send fell back");
 
@@ -624,17 +644,8 @@ mod tests {
             (Some(EcnCodepoint::Ect0), true),
         ];
         for (i, (ecn, plain)) in plain_or_not.into_iter().enumerate() {
-            let payload = [i as u8; 32];
-            let t = Transmit {
-                ecn,
-                ..transmit(to, &payload)
-            };
-            assert_eq!(a.ready_for_plain(&t), plain, "datagram {i}");
-            a.try_send(&t).unwrap();
-            let (got, meta) = recv_one(&b).await;
-            assert_eq!(got, payload);
+            let meta = send_checked(&a, &b, to, ecn, &[i as u8; 32], plain).await;
             assert_eq!(meta.addr, a.local_addr().unwrap());
-            assert_eq!(meta.ecn, ecn, "datagram {i}");
             assert_eq!(
                 meta.dst_ip, None,
                 "no destination address for a bound socket"
@@ -672,16 +683,7 @@ mod tests {
             (to6, &b6, Some(EcnCodepoint::Ect0), true),
         ];
         for (i, (to, peer, ecn, plain)) in sends.into_iter().enumerate() {
-            let payload = [i as u8; 16];
-            let t = Transmit {
-                ecn,
-                ..transmit(to, &payload)
-            };
-            assert_eq!(a.ready_for_plain(&t), plain, "datagram {i}");
-            a.try_send(&t).unwrap();
-            let (got, meta) = recv_one(peer).await;
-            assert_eq!(got, payload);
-            assert_eq!(meta.ecn, ecn, "datagram {i}");
+            send_checked(&a, peer, to, ecn, &[i as u8; 16], plain).await;
         }
         assert!(
             a.plain.load(Ordering::Relaxed),

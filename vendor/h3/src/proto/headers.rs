@@ -321,11 +321,24 @@ enum Field {
 }
 
 impl Field {
+    /// Tether patch (see vendor/README.md at the repository root): upstream's checks live
+    /// in `parse_shared` now; a static value is shared as it is, and a decoded `Vec`
+    /// becomes the value's storage, neither copied.
     fn parse<N>(name: N, value: Cow<'static, [u8]>) -> Result<Self, HeaderError>
     where
         N: AsRef<[u8]>,
     {
-        let name = name.as_ref();
+        let value = match value {
+            Cow::Borrowed(b) => Bytes::from_static(b),
+            Cow::Owned(v) => Bytes::from(v),
+        };
+        Self::parse_shared(name.as_ref(), value)
+    }
+
+    /// Tether patch: `parse` for a line whose value is `Bytes` (`Header::decode_stateless`):
+    /// field values, `:path` and `:authority` keep the value's storage instead of copying
+    /// it. The checks, and the errors, are upstream's `parse`'s.
+    fn parse_shared(name: &[u8], value: Bytes) -> Result<Self, HeaderError> {
         if name.is_empty() {
             return Err(HeaderError::InvalidHeaderName("name is empty".into()));
         }
@@ -348,41 +361,6 @@ impl Field {
         if name[0] != b':' {
             let header_name =
                 HeaderName::from_lowercase(name).map_err(|_| HeaderError::invalid_name(name))?;
-            return Ok(Field::Header((header_name, header_value(name, value)?)));
-        }
-
-        Ok(match name {
-            b":scheme" => Field::Scheme(try_value(name, value)?),
-            //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
-            //# If these fields are present, they MUST NOT be
-            //# empty.
-            b":authority" => Field::Authority(try_value(name, value)?),
-            b":path" => Field::Path(try_value(name, value)?),
-            b":method" => Field::Method(
-                Method::from_bytes(value.as_ref())
-                    .map_err(|_| HeaderError::invalid_value(name, value))?,
-            ),
-            b":status" => Field::Status(
-                StatusCode::from_bytes(value.as_ref())
-                    .map_err(|_| HeaderError::invalid_value(name, value))?,
-            ),
-            b":protocol" => Field::Protocol(try_value(name, value)?),
-            _ => return Err(HeaderError::invalid_name(name)),
-        })
-    }
-}
-
-impl Field {
-    /// Tether patch: `parse` for a line whose value is `Bytes` (`Header::decode_stateless`):
-    /// field values, `:path` and `:authority` keep the value's storage instead of copying
-    /// it. The checks, and the errors, are `parse`'s.
-    fn parse_shared(name: &[u8], value: Bytes) -> Result<Self, HeaderError> {
-        if name.is_empty() {
-            return Err(HeaderError::InvalidHeaderName("name is empty".into()));
-        }
-        if name[0] != b':' {
-            let header_name =
-                HeaderName::from_lowercase(name).map_err(|_| HeaderError::invalid_name(name))?;
             let value = HeaderValue::from_maybe_shared(value).map_err(|_| {
                 HeaderError::InvalidHeaderValue(format!(
                     "{:?}: not a valid field value",
@@ -392,6 +370,10 @@ impl Field {
             return Ok(Field::Header((header_name, value)));
         }
         match name {
+            b":scheme" => Ok(Field::Scheme(try_value(name, &value)?)),
+            //= https://www.rfc-editor.org/rfc/rfc9114#section-4.3.1
+            //# If these fields are present, they MUST NOT be
+            //# empty.
             b":authority" => Ok(Field::Authority(shared_value(
                 name,
                 value,
@@ -402,7 +384,6 @@ impl Field {
                 value,
                 PathAndQuery::from_maybe_shared,
             )?)),
-            b":scheme" => Ok(Field::Scheme(try_value(name, &value)?)),
             b":method" => Ok(Field::Method(
                 Method::from_bytes(&value).map_err(|_| HeaderError::invalid_value(name, &value))?,
             )),
@@ -427,22 +408,6 @@ fn shared_value<R, E>(
         return Err(HeaderError::invalid_value(name, value));
     }
     parse(value.clone()).map_err(|_| HeaderError::invalid_value(name, value))
-}
-
-/// Tether patch (see vendor/README.md at the repository root): a value the decoder
-/// produced as its own `Vec` becomes the `HeaderValue`'s storage as it is, where
-/// `HeaderValue::from_bytes` would copy it into a new allocation.
-fn header_value(name: &[u8], value: Cow<'static, [u8]>) -> Result<HeaderValue, HeaderError> {
-    let v = match value {
-        Cow::Borrowed(b) => HeaderValue::from_bytes(b),
-        Cow::Owned(v) => HeaderValue::from_maybe_shared(bytes::Bytes::from(v)),
-    };
-    v.map_err(|_| {
-        HeaderError::InvalidHeaderValue(format!(
-            "{:?}: not a valid field value",
-            String::from_utf8_lossy(name)
-        ))
-    })
 }
 
 fn try_value<N, V, R>(name: N, value: V) -> Result<R, HeaderError>
