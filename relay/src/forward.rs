@@ -50,8 +50,10 @@ struct Completion {
     started: Instant,
     status: u16,
     error: Option<ErrorCode>,
-    /// Request body bytes sent down the tunnel (the upload task adds to it).
-    bytes_in: Arc<AtomicU64>,
+    /// Request body bytes sent down the tunnel, stored by the upload task when it ends.
+    /// None for a request without a body (most GETs): nothing to count, and no
+    /// allocation for it.
+    bytes_in: Option<Arc<AtomicU64>>,
     bytes_out: u64,
     complete: bool,
     /// Body bytes the response head announced (0 for HEAD, 204 and 304). hyper stops
@@ -80,7 +82,10 @@ impl Drop for Completion {
     fn drop(&mut self) {
         let elapsed = self.started.elapsed();
         let m = &self.lease.tunnel().handle.metrics;
-        let bytes_in = self.bytes_in.load(Ordering::Relaxed);
+        let bytes_in = self
+            .bytes_in
+            .as_ref()
+            .map_or(0, |b| b.load(Ordering::Relaxed));
         m.durations.observe(self.status, elapsed);
         m.bytes_in.inc_by(bytes_in);
         m.bytes_out.inc_by(self.bytes_out);
@@ -189,7 +194,7 @@ pub async fn forward(
         started,
         status: 0,
         error: None,
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_in: None,
         bytes_out: 0,
         complete: false,
         expected: None,
@@ -221,13 +226,14 @@ pub async fn forward(
     // response head arrives, and left to finish once it is sent `()`. Merely dropping
     // the sending half would *finish* the stream, and the agent would take a truncated
     // body for a complete one.
-    let (upload_ctl, upload_verdict) = tokio::sync::oneshot::channel::<()>();
-    if body.is_end_stream() {
+    let upload_ctl = if body.is_end_stream() {
         if let Err(e) = send.finish().await {
             debug!(error = %e, "finishing request stream failed");
         }
+        None
     } else {
-        let bytes_in = done.bytes_in.clone();
+        let (upload_ctl, upload_verdict) = tokio::sync::oneshot::channel::<()>();
+        let bytes_in = done.bytes_in.insert(Arc::default()).clone();
         tokio::spawn(
             async move {
                 let result = {
@@ -249,7 +255,8 @@ pub async fn forward(
             }
             .in_current_span(),
         );
-    }
+        Some(upload_ctl)
+    };
 
     // Counted from the request's arrival, which `started` already holds (no clock read).
     let deadline = tokio::time::Instant::from_std(started) + timeout;
@@ -287,7 +294,9 @@ pub async fn forward(
         .and_then(ErrorCode::from_code);
     done.complete = true;
     // The upload goes on while the response streams (an echo, say).
-    let _ = upload_ctl.send(());
+    if let Some(ctl) = upload_ctl {
+        let _ = ctl.send(());
+    }
     let body = TunnelBody::new(recv, done)
         .map_err(BoxError::from)
         .boxed_unsync();

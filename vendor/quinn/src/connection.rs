@@ -265,14 +265,14 @@ impl Future for ConnectionDriver {
             return Poll::Ready(Ok(()));
         }
         // Tether patch (see vendor/README.md at the repository root): one clock read
-        // serves both steps unless datagrams went out in between, when time may have
-        // moved on (a send is a system call). A poll that only took packets in and found
-        // nothing to send reads the clock once instead of twice.
+        // serves both steps, also when datagrams went out in between. The timer check
+        // then sees a time older by at most the sends (a few system calls); a deadline
+        // that passed during them is not lost: the tokio timer armed for it fires on the
+        // next turn of the runtime, and `drive_timer` reads the clock afresh for it.
         let now = conn.runtime.now();
-        let (mut keep_going, sent) = conn.drive_transmit(cx, now)?;
+        let mut keep_going = conn.drive_transmit(cx, now)?;
         // If a timer expires, there might be more to transmit. When we transmit something, we
         // might need to reset a timer. Hence, we must loop until neither happens.
-        let now = if sent { conn.runtime.now() } else { now };
         keep_going |= conn.drive_timer(cx, now);
         conn.forward_endpoint_events();
         conn.forward_app_events(&self.conn.shared);
@@ -1023,9 +1023,8 @@ pub(crate) struct State {
 }
 
 impl State {
-    /// Returns whether to poll again, and whether any datagram was sent (Tether patch:
-    /// `now` comes from the caller, see `ConnectionDriver::poll`).
-    fn drive_transmit(&mut self, cx: &mut Context, now: Instant) -> io::Result<(bool, bool)> {
+    /// Tether patch: `now` comes from the caller, see `ConnectionDriver::poll`.
+    fn drive_transmit(&mut self, cx: &mut Context, now: Instant) -> io::Result<bool> {
         let mut transmits = 0;
 
         let max_datagrams = self
@@ -1059,7 +1058,7 @@ impl State {
             if self.io_poller.as_mut().poll_writable(cx)?.is_pending() {
                 // Retry after a future wakeup
                 self.buffered_transmit = Some(t);
-                return Ok((false, transmits > 0));
+                return Ok(false);
             }
 
             let len = t.size;
@@ -1085,11 +1084,11 @@ impl State {
                 // datagrams that could be sent we don't go into the `app_limited`
                 // state and CWND continues to grow until we get here the next time.
                 // See https://github.com/quinn-rs/quinn/issues/1126
-                return Ok((true, true));
+                return Ok(true);
             }
         }
 
-        Ok((false, transmits > 0))
+        Ok(false)
     }
 
     fn forward_endpoint_events(&mut self) {

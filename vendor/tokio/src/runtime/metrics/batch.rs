@@ -209,19 +209,17 @@ impl MetricsBatch {
     }
 
     /// Start processing a batch of tasks
-    pub(crate) fn start_processing_scheduled_tasks(&mut self) {
-        self.processing_scheduled_tasks_started_at = now();
-    }
+    ///
+    /// Tether patch (see vendor/README.md at the repository root): busy time is not
+    /// measured. Upstream read the clock here and in `end_processing_scheduled_tasks`,
+    /// twice per wake-up of every worker, for `RuntimeMetrics::worker_total_busy_duration`,
+    /// which Tether never reads; it stays at zero.
+    #[inline(always)]
+    pub(crate) fn start_processing_scheduled_tasks(&mut self) {}
 
-    /// Stop processing a batch of tasks
-    pub(crate) fn end_processing_scheduled_tasks(&mut self) {
-        if let Some(processing_scheduled_tasks_started_at) =
-            self.processing_scheduled_tasks_started_at
-        {
-            let busy_duration = processing_scheduled_tasks_started_at.elapsed();
-            self.busy_duration_total += duration_as_u64(busy_duration);
-        }
-    }
+    /// Stop processing a batch of tasks (Tether patch: see above).
+    #[inline(always)]
+    pub(crate) fn end_processing_scheduled_tasks(&mut self) {}
 
     cfg_metrics_variant! {
         stable: {
