@@ -71,7 +71,14 @@ where
     ) -> Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError> {
         let frame = std::future::poll_fn(|cx| self.frame_stream.poll_next(cx)).await;
         let req = self.accept_with_frame(frame)?;
-        Ok(req.resolve().await?)
+        // Tether patch (see vendor/README.md at the repository root): a head that
+        // decoded within the size limit is resolved on the spot. Only a head too large
+        // needs to await its 431 response; upstream moved every request into the
+        // `resolve` future to get there.
+        match req.resolve_now() {
+            Ok(resolved) => resolved,
+            Err(too_large) => too_large.resolve().await,
+        }
     }
 
     /// Accepts a http request where the first frame has already been read and decoded.
@@ -196,24 +203,36 @@ where
     pub async fn resolve(
         mut self,
     ) -> Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError> {
+        let cancel_size = match self.decoded {
+            Ok(_) => return self.resolve_now().unwrap_or_else(|_| unreachable!()),
+            Err(cancel_size) => cancel_size,
+        };
+        // Send and await the error response
+        self.request_stream
+            .send_response(
+                http::Response::builder()
+                    .status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+                    .body(())
+                    .expect("header too big response"),
+            )
+            .await?;
+
+        Err(StreamError::HeaderTooBig {
+            actual_size: cancel_size,
+            max_size: self.max_field_section_size,
+        })
+    }
+
+    /// Tether patch: the resolution of a head that decoded within the size limit, which
+    /// needs no I/O. A head too large is handed back (`Err(self)`): its 431 response is
+    /// sent by [`Self::resolve`].
+    #[allow(clippy::type_complexity)]
+    pub fn resolve_now(
+        mut self,
+    ) -> Result<Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError>, Self> {
         let header = match self.decoded {
             Ok(v) => v,
-            Err(cancel_size) => {
-                // Send and await the error response
-                self.request_stream
-                    .send_response(
-                        http::Response::builder()
-                            .status(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-                            .body(())
-                            .expect("header too big response"),
-                    )
-                    .await?;
-
-                return Err(StreamError::HeaderTooBig {
-                    actual_size: cancel_size,
-                    max_size: self.max_field_section_size,
-                });
-            }
+            Err(_) => return Err(self),
         };
 
         // Parse the request headers
@@ -228,10 +247,10 @@ where
                 self.request_stream.stop_stream(error_code);
                 self.request_stream.stop_sending(error_code);
 
-                return Err(StreamError::StreamError {
+                return Ok(Err(StreamError::StreamError {
                     code: error_code,
                     reason: format!("Malformed request with error: {}", err),
-                });
+                }));
             }
         };
 
@@ -249,6 +268,6 @@ where
         #[cfg(feature = "tracing")]
         tracing::trace!("replying with: {:?}", req);
 
-        Ok((req, self.request_stream))
+        Ok(Ok((req, self.request_stream)))
     }
 }
