@@ -77,7 +77,7 @@ where
         // `resolve` future to get there.
         match req.resolve_now() {
             Ok(resolved) => resolved,
-            Err(too_large) => too_large.resolve().await,
+            Err((too_large, cancel_size)) => too_large.refuse_too_large(cancel_size).await,
         }
     }
 
@@ -201,12 +201,21 @@ where
     /// Finishes the resolution of the request
     #[cfg_attr(feature = "tracing", instrument(skip_all, level = "trace"))]
     pub async fn resolve(
-        mut self,
+        self,
     ) -> Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError> {
-        let cancel_size = match self.decoded {
-            Ok(_) => return self.resolve_now().unwrap_or_else(|_| unreachable!()),
-            Err(cancel_size) => cancel_size,
-        };
+        // Tether patch: the resolution itself is `resolve_now`; only a head too large
+        // has something to await here.
+        match self.resolve_now() {
+            Ok(resolved) => resolved,
+            Err((too_large, cancel_size)) => too_large.refuse_too_large(cancel_size).await,
+        }
+    }
+
+    /// Tether patch: answers a head of `cancel_size` bytes, over the limit, with 431.
+    async fn refuse_too_large(
+        mut self,
+        cancel_size: u64,
+    ) -> Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError> {
         // Send and await the error response
         self.request_stream
             .send_response(
@@ -224,15 +233,16 @@ where
     }
 
     /// Tether patch: the resolution of a head that decoded within the size limit, which
-    /// needs no I/O. A head too large is handed back (`Err(self)`): its 431 response is
-    /// sent by [`Self::resolve`].
+    /// needs no I/O. A head too large is handed back with its size (`Err`), for
+    /// [`Self::refuse_too_large`] to answer.
     #[allow(clippy::type_complexity)]
     pub fn resolve_now(
         mut self,
-    ) -> Result<Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError>, Self> {
+    ) -> Result<Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError>, (Self, u64)>
+    {
         let header = match self.decoded {
             Ok(v) => v,
-            Err(_) => return Err(self),
+            Err(cancel_size) => return Err((self, cancel_size)),
         };
 
         // Parse the request headers
