@@ -72,7 +72,10 @@ pub async fn handle(
         // The head's values share the buffer its packet arrived in (vendored h3): let it
         // go rather than hold it for the connection's life.
         drop(req);
-        return control.serve(stream).await;
+        // Boxed, like every path here that is not a plain request's: a future holds room
+        // for the largest thing it awaits, and every request's future is copied whole
+        // when it is spawned (`-Zprint-type-sizes` shows the layout: bench/RESULTS.md).
+        return Box::pin(control.serve(stream)).await;
     }
     let span = debug_span!(
         "request",
@@ -85,7 +88,7 @@ pub async fn handle(
     if span.is_disabled() {
         serve(service, req, stream, slot).await
     } else {
-        serve(service, req, stream, slot).instrument(span).await
+        Box::pin(serve(service, req, stream, slot).instrument(span)).await
     }
 }
 
@@ -102,7 +105,7 @@ async fn serve(
     let Some(route) = routes.find(parts.uri.path()) else {
         info!(slot, status = 404, "no route");
         let detail = format!("no agent route matches {}", parts.uri.path());
-        return send_error(&mut send, ErrorCode::NoRoute, &detail).await;
+        return Box::pin(send_error(&mut send, ErrorCode::NoRoute, &detail)).await;
     };
     // The caller's Host travels as :authority; give it to the local service unchanged
     // (the upstream's own host:port when there is none).
@@ -134,7 +137,12 @@ async fn serve(
             route.metrics.unreachable.inc();
             let detail = format!("{} unreachable: {}", route.upstream, error_chain(&e));
             info!(slot, status = 502, upstream = %route.upstream, detail, "upstream failed");
-            return send_error(&mut send, ErrorCode::UpstreamUnreachable, &detail).await;
+            return Box::pin(send_error(
+                &mut send,
+                ErrorCode::UpstreamUnreachable,
+                &detail,
+            ))
+            .await;
         }
     };
     let (mut head, body) = resp.into_parts();

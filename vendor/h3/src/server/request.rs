@@ -75,10 +75,14 @@ where
         // decoded within the size limit is resolved on the spot. Only a head too large
         // needs to await its 431 response; upstream moved every request into the
         // `resolve` future to get there.
-        match req.resolve_now() {
-            Ok(resolved) => resolved,
-            Err((too_large, cancel_size)) => too_large.refuse_too_large(cancel_size).await,
-        }
+        // The 431 answer is boxed, and awaited outside the `match` so that the match's
+        // result is not held across it: either would otherwise add ~2 KB to every
+        // request's future, which is copied whole when the request is spawned.
+        let (too_large, cancel_size) = match req.resolve_now() {
+            Ok(resolved) => return resolved,
+            Err(x) => x,
+        };
+        Box::pin(too_large.refuse_too_large(cancel_size)).await
     }
 
     /// Accepts a http request where the first frame has already been read and decoded.
@@ -205,10 +209,11 @@ where
     ) -> Result<(Request<()>, RequestStream<C::BidiStream, B>), StreamError> {
         // Tether patch: the resolution itself is `resolve_now`; only a head too large
         // has something to await here.
-        match self.resolve_now() {
-            Ok(resolved) => resolved,
-            Err((too_large, cancel_size)) => too_large.refuse_too_large(cancel_size).await,
-        }
+        let (too_large, cancel_size) = match self.resolve_now() {
+            Ok(resolved) => return resolved,
+            Err(x) => x,
+        };
+        Box::pin(too_large.refuse_too_large(cancel_size)).await
     }
 
     /// Tether patch: answers a head of `cancel_size` bytes, over the limit, with 431.
