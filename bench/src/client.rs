@@ -67,15 +67,20 @@ async fn fixed(send: &mut http1::SendRequest<ReqBody>, node: &str) -> Result<()>
 /// wake each way) before it was timed: about 15 µs added to every target's p50 here
 /// (direct: 32 µs instead of 17), noise included, that no target causes. One thread
 /// running both tasks is how `wrk` runs too.
-pub fn latency_on_own_thread(addr: SocketAddr, warmup: usize, n: usize) -> Result<Vec<u64>> {
+///
+/// Also returns the thread's CPU time per request, warm-up included (nanoseconds).
+pub fn latency_on_own_thread(addr: SocketAddr, warmup: usize, n: usize) -> Result<(Vec<u64>, f64)> {
     std::thread::Builder::new()
         .name("latency-client".into())
         .spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
+            let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .context("building the latency client's runtime")?
-                .block_on(latency(addr, warmup, n))
+                .context("building the latency client's runtime")?;
+            let before = crate::cpu::thread_cpu_ns();
+            let samples = rt.block_on(latency(addr, warmup, n))?;
+            let cpu = crate::cpu::thread_cpu_ns().saturating_sub(before);
+            Ok((samples, cpu as f64 / (warmup + n).max(1) as f64))
         })
         .context("starting the latency client's thread")?
         .join()

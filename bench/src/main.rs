@@ -7,11 +7,14 @@
 
 mod agents;
 mod client;
+mod cpu;
+mod latency;
 mod link;
 mod loss;
 mod peers;
 mod procs;
 mod quic_raw;
+mod raw_client;
 mod report;
 mod upstream;
 
@@ -335,7 +338,14 @@ async fn run(args: RunArgs) -> Result<()> {
         match started {
             Ok(targets) => {
                 if want("latency") {
-                    let r = latency(&args, &cpu, &targets, &mut rep).await;
+                    let r = latency::run(
+                        args.latency_requests,
+                        args.latency_reps,
+                        &cpu.one,
+                        &targets,
+                        &mut rep,
+                    )
+                    .await;
                     check("latency", r, &mut rep);
                 }
                 if want("throughput") {
@@ -457,51 +467,6 @@ fn pin_all(targets: &[Target], cpus: &str) {
     for t in targets {
         pin(&t.pids(), cpus);
     }
-}
-
-async fn latency(
-    args: &RunArgs,
-    cpu: &Cpus,
-    targets: &[Target],
-    rep: &mut report::Report,
-) -> Result<()> {
-    eprintln!(
-        "== latency: {} sequential GET /fixed per target, {} reps, all on cpu {}",
-        args.latency_requests, args.latency_reps, cpu.one
-    );
-    pin_all(targets, &cpu.one);
-    self_pin(&cpu.one);
-    let mut per: std::collections::BTreeMap<String, Vec<[f64; 3]>> = Default::default();
-    for r in 0..args.latency_reps {
-        for t in rotated(targets, r) {
-            let (addr, n) = (t.addr, args.latency_requests);
-            // A thread of its own, created by this (pinned) worker thread, so it runs on
-            // `cpu.one` too; the worker hands its other tasks over while it waits.
-            let mut l =
-                tokio::task::block_in_place(|| client::latency_on_own_thread(addr, n / 10, n))
-                    .with_context(|| format!("latency through {}", t.name))?;
-            l.sort_unstable();
-            let us = |p| client::pct(&l, p) as f64 / 1e3;
-            per.entry(t.name.clone())
-                .or_default()
-                .push([us(50.0), us(90.0), us(99.0)]);
-        }
-    }
-    let direct = per.get("direct").cloned();
-    let mut out = serde_json::Map::new();
-    for (name, reps) in &per {
-        let col = |i: usize| median(reps.iter().map(|x| x[i]).collect());
-        let added = direct
-            .as_ref()
-            .map(|d| median(reps.iter().zip(d).map(|(x, d)| x[0] - d[0]).collect()));
-        out.insert(
-            name.clone(),
-            json!({"p50_us": col(0), "p90_us": col(1), "p99_us": col(2),
-            "added_p50_us": added, "reps_p50_us": reps.iter().map(|x| x[0]).collect::<Vec<_>>()}),
-        );
-    }
-    rep.set("latency", Value::Object(out));
-    Ok(())
 }
 
 fn wrk(addr: SocketAddr, conc: usize, secs: u64, cpus: &str) -> Result<(f64, u64)> {

@@ -108,6 +108,12 @@ impl Report {
             })
             .to_owned(),
         ));
+        let t = self.get(&["latency", "tether", "raw", "added_p50_us"]);
+        let r = self.get(&["latency", "rathole-noise", "raw", "added_p50_us"]);
+        c.push((
+            format!("cross-check, raw client: added p50 latency ≤ rathole-noise's (tether {} µs, rathole-noise {} µs)", o(t), o(r)),
+            verdict(t.zip(r).map(|(t, r)| t <= r)).to_owned(),
+        ));
         let t = self.get(&["throughput", "64", "tether", "rps"]);
         let r = self.get(&["throughput", "64", "rathole-noise", "rps"]);
         c.push((
@@ -180,20 +186,49 @@ impl Report {
             );
             let _ = writeln!(
                 s,
-                "| target | p50 | p90 | p99 | added p50 vs direct |\n|---|---:|---:|---:|---:|"
+                "| target | p50 | p90 | p99 | added p50 vs direct | raw client: p50 | raw client: added p50 |\n|---|---:|---:|---:|---:|---:|---:|"
             );
+            let added = |v: &Value| {
+                v["added_p50_us"]
+                    .as_f64()
+                    .map_or(String::new(), |a| format!("{a:+.1}"))
+            };
+            let num = |v: &Value| v.as_f64().map_or(String::new(), |x| format!("{x:.0}"));
             for t in ORDER.iter().filter(|t| l.get(**t).is_some()) {
                 let v = &l[*t];
                 let _ = writeln!(
                     s,
-                    "| {t} | {:.0} | {:.0} | {:.0} | {} |",
+                    "| {t} | {:.0} | {:.0} | {:.0} | {} | {} | {} |",
                     v["p50_us"].as_f64().unwrap_or(f64::NAN),
                     v["p90_us"].as_f64().unwrap_or(f64::NAN),
                     v["p99_us"].as_f64().unwrap_or(f64::NAN),
-                    v["added_p50_us"]
-                        .as_f64()
-                        .map_or(String::new(), |a| format!("{a:+.0}"))
+                    added(v),
+                    num(&v["raw"]["p50_us"]),
+                    added(&v["raw"]),
                 );
+            }
+            let _ = writeln!(
+                s,
+                "\n### Latency: CPU time per request on the shared core (µs, median of reps)\n\n\
+                 The target's own processes, the upstream behind it, and the measuring client's thread.\n"
+            );
+            let _ = writeln!(
+                s,
+                "| target | hyper client: target | upstream | client | sum | raw client: target | upstream | client | sum |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+            );
+            let cpu = |v: &Value| {
+                let c = &v["cpu_us_per_req"];
+                let f = |k: &str| c[k].as_f64();
+                match (f("target"), f("upstream"), f("client")) {
+                    (Some(t), Some(u), Some(c)) => {
+                        format!("{t:.2} | {u:.2} | {c:.2} | {:.2}", t + u + c)
+                    }
+                    _ => "– | – | – | –".to_owned(),
+                }
+            };
+            for t in ORDER.iter().filter(|t| l.get(**t).is_some()) {
+                let v = &l[*t];
+                let _ = writeln!(s, "| {t} | {} | {} |", cpu(v), cpu(&v["raw"]));
             }
         }
         if let Some(tp) = self.data.get("throughput").and_then(Value::as_object) {
