@@ -139,3 +139,42 @@ fn merge(into: &mut Value, from: Value) {
         into.extend(from);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(p50: f64, cpu: Option<[f64; 3]>) -> Run {
+        Run {
+            pct: [p50, p50 + 1.0, p50 + 2.0],
+            cpu,
+        }
+    }
+
+    #[test]
+    fn added_latency_pairs_each_repetition_with_direct() {
+        let direct = vec![run(10.0, None), run(20.0, None), run(12.0, None)];
+        // Differences per repetition: 5, 6, 7: median 6 (a difference of medians
+        // would be 25 - 12 = 13, which no repetition saw).
+        let target = vec![
+            run(15.0, Some([3.0, 1.0, 2.0])),
+            run(26.0, Some([5.0, 1.5, 2.5])),
+            run(19.0, None),
+        ];
+        let v = summarize(&target, Some(&direct));
+        assert_eq!(v["added_p50_us"], 6.0);
+        assert_eq!(v["p50_us"], 19.0);
+        assert_eq!(v["p99_us"], 21.0);
+        // Medians over the repetitions that have CPU figures.
+        assert_eq!(v["cpu_us_per_req"]["target"], 4.0);
+        assert_eq!(v["cpu_us_per_req"]["upstream"], 1.25);
+        assert_eq!(v["reps_p50_us"], json!([15.0, 26.0, 19.0]));
+    }
+
+    #[test]
+    fn without_direct_or_cpu_figures_those_fields_are_null() {
+        let v = summarize(&[run(15.0, None)], None);
+        assert!(v["added_p50_us"].is_null());
+        assert!(v["cpu_us_per_req"].is_null());
+    }
+}

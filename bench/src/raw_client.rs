@@ -160,3 +160,40 @@ mod tests {
         assert!(parse_head(b"not http\r\n\r\n").is_err());
     }
 }
+
+#[cfg(test)]
+mod against_a_server {
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A one-connection server on 127.0.0.1 that answers each request with `FIXED_LEN`
+    /// bytes, its head and body in separate writes (as a proxy may deliver them).
+    fn serve(responses: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut tcp, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            for _ in 0..responses {
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tcp.read(&mut buf).unwrap();
+                    assert!(n > 0, "client closed early");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {FIXED_LEN}\r\n\r\n");
+                tcp.write_all(head.as_bytes()).unwrap();
+                tcp.write_all(&vec![b'x'; FIXED_LEN]).unwrap();
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn sequential_requests_on_one_connection() {
+        let s = latency_on_own_thread(serve(12), 2, 10).unwrap();
+        assert_eq!(s.nanos.len(), 10);
+        assert!(s.nanos.iter().all(|&n| n > 0));
+    }
+}
