@@ -18,6 +18,11 @@ pub(crate) struct Level {
 
     /// Slots. We access these via the EntryInner `current_list` as well, so this needs to be an `UnsafeCell`.
     slot: [LinkedList<TimerShared>; LEVEL_MULT],
+
+    /// Tether patch: the earliest deadline added to each slot since it was last empty
+    /// (`next_wake`). A removal can leave it lower than the earliest entry still there,
+    /// never higher, so the driver never wakes later than a timer is due.
+    earliest: [u64; LEVEL_MULT],
 }
 
 /// Indicates when a slot must be processed next.
@@ -44,6 +49,7 @@ impl Level {
             level,
             occupied: 0,
             slot: array::from_fn(|_| LinkedList::default()),
+            earliest: [u64::MAX; LEVEL_MULT],
         }
     }
 
@@ -106,6 +112,31 @@ impl Level {
         })
     }
 
+    /// Tether patch: when the driver must wake for this level: its next slot's start, or
+    /// for a slot of the levels between the lowest and the top, the earliest deadline in
+    /// it. Upstream woke at the slot's
+    /// start only to move its entries a level down, which `poll` still does whenever it
+    /// runs past that start. For a timer re-armed ~25 ms ahead on every request (quinn's),
+    /// waking at the start put a wait timeout of under a millisecond, shorter than the
+    /// kernel's scheduler tick, on every `epoll_wait` in the last few ms before each 64 ms
+    /// boundary, and arming and cancelling that hrtimer on every wait reprograms the CPU's
+    /// timer (in a VM, a trap to the hypervisor). The range check keeps out a value left
+    /// from another window of the slot.
+    pub(crate) fn next_wake(&self, now: u64) -> Option<u64> {
+        let expiration = self.next_expiration(now)?;
+        let earliest = self.earliest[expiration.slot];
+        let slot_range = slot_range(self.level);
+        // Not the top level: its slots wrap around and can hold later rotations.
+        if self.level > 0
+            && self.level < super::NUM_LEVELS - 1
+            && earliest > expiration.deadline
+            && earliest - expiration.deadline < slot_range
+        {
+            return Some(earliest);
+        }
+        Some(expiration.deadline)
+    }
+
     fn next_occupied_slot(&self, now: u64) -> Option<usize> {
         if self.occupied == 0 {
             return None;
@@ -128,8 +159,15 @@ impl Level {
     }
 
     pub(crate) unsafe fn add_entry(&mut self, item: TimerHandle) {
-        let slot = slot_for(unsafe { item.registered_when() }, self.level);
+        let when = unsafe { item.registered_when() };
+        let slot = slot_for(when, self.level);
 
+        // Tether patch: see `earliest`.
+        self.earliest[slot] = if self.slot[slot].is_empty() {
+            when
+        } else {
+            self.earliest[slot].min(when)
+        };
         self.slot[slot].push_front(item);
 
         self.occupied |= occupied_bit(slot);

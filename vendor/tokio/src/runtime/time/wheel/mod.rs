@@ -133,7 +133,20 @@ impl Wheel {
 
     /// Instant at which to poll.
     pub(crate) fn poll_at(&self) -> Option<u64> {
-        self.next_expiration().map(|expiration| expiration.deadline)
+        // Tether patch: when the driver must wake, see `Level::next_wake`.
+        self.next_wake()
+    }
+
+    /// Tether patch: the earliest time the driver must wake to fire a timer: the next
+    /// expiration `poll` would process, except that a slot above level 0 counts from its
+    /// earliest deadline (`Level::next_wake`).
+    fn next_wake(&self) -> Option<u64> {
+        if !self.pending.is_empty() {
+            return Some(self.elapsed);
+        }
+        self.levels
+            .iter()
+            .find_map(|level| level.next_wake(self.elapsed))
     }
 
     /// Advances the timer up to the instant represented by `now`.
@@ -198,7 +211,8 @@ impl Wheel {
     /// Returns the tick at which this timer wheel next needs to perform some
     /// processing, or None if there are no timers registered.
     pub(super) fn next_expiration_time(&self) -> Option<u64> {
-        self.next_expiration().map(|ex| ex.deadline)
+        // Tether patch: the driver parks until this; see `Level::next_wake`.
+        self.next_wake()
     }
 
     /// Used for debug assertions
@@ -362,7 +376,9 @@ mod test {
 
         let expiration = wheel.next_expiration_time();
         // next expiration should be calculated as the start of the level 4 range
-        assert_eq!(expiration, Some(1 << 24));
+        // Tether patch: a slot above level 0 is due when its earliest entry is (the
+        // entry moves down a level then); upstream returned the slot's start.
+        assert_eq!(expiration, Some(when));
 
         // set the elapsed to the start of the previous expiration
         wheel.poll(1 << 24);
@@ -398,6 +414,48 @@ mod test {
         wheel.poll(when);
 
         assert!(wheel.next_expiration().is_none());
+    }
+
+    /// Tether patch: a slot of level 1 wakes the driver at its earliest entry's deadline,
+    /// and `poll` still moves the slot down once time passes its start.
+    #[test]
+    fn tether_patch_a_level_1_slot_wakes_at_its_earliest_entry() {
+        let wheel = &mut Wheel::new();
+        wheel.poll(10);
+
+        let later = insert_entry(wheel, 64 + 30);
+        let earlier = insert_entry(wheel, 64 + 20);
+        assert_eq!(wheel.next_expiration_time(), Some(64 + 20));
+
+        // Past the slot's start: moved down a level, nothing fired.
+        assert!(wheel.poll(64 + 5).is_none());
+        assert_eq!(wheel.next_expiration_time(), Some(64 + 20));
+
+        assert!(wheel.poll(64 + 20).is_some());
+        assert_eq!(wheel.next_expiration_time(), Some(64 + 30));
+        assert!(wheel.poll(64 + 30).is_some());
+        assert!(wheel.next_expiration_time().is_none());
+        drop((later, earlier));
+    }
+
+    /// Tether patch: removing a slot's earliest entry may leave the wake early, never
+    /// late; once the slot has emptied, its next entry sets the wake afresh.
+    #[test]
+    fn tether_patch_a_removed_entry_never_delays_the_wake() {
+        let wheel = &mut Wheel::new();
+        wheel.poll(10);
+
+        let a = insert_entry(wheel, 128 + 20);
+        let b = insert_entry(wheel, 128 + 40);
+        unsafe { wheel.remove(NonNull::from(&*a)) };
+        let wake = wheel.next_expiration_time().unwrap();
+        assert!((128..=128 + 40).contains(&wake), "{wake}");
+
+        unsafe { wheel.remove(NonNull::from(&*b)) };
+        assert!(wheel.next_expiration_time().is_none());
+        let c = insert_entry(wheel, 128 + 50);
+        assert_eq!(wheel.next_expiration_time(), Some(128 + 50));
+        drop((a, b, c));
     }
 
     #[test]
