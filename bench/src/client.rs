@@ -77,10 +77,9 @@ pub fn latency_on_own_thread(addr: SocketAddr, warmup: usize, n: usize) -> Resul
                 .enable_all()
                 .build()
                 .context("building the latency client's runtime")?;
-            let before = crate::cpu::thread_cpu_ns();
-            let samples = rt.block_on(latency(addr, warmup, n))?;
-            let cpu = crate::cpu::thread_cpu_ns().saturating_sub(before);
-            Ok((samples, cpu as f64 / (warmup + n).max(1) as f64))
+            let (samples, cpu) =
+                crate::cpu::per_request(warmup + n, || rt.block_on(latency(addr, warmup, n)));
+            Ok((samples?, cpu))
         })
         .context("starting the latency client's thread")?
         .join()

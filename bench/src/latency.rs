@@ -46,7 +46,8 @@ pub async fn run(
         .find(|t| t.name == "direct" || t.name == "upstream")
         .map(Target::pids)
         .unwrap_or_default();
-    let mut per: BTreeMap<(usize, String), Vec<Run>> = BTreeMap::new();
+    // Per target, each client's runs (indexed as `CLIENTS`).
+    let mut per: BTreeMap<String, [Vec<Run>; 2]> = BTreeMap::new();
     for r in 0..reps {
         for t in rotated(targets, r) {
             // Alternate which client goes first, so neither always follows the other.
@@ -57,23 +58,17 @@ pub async fn run(
                     .with_context(|| {
                         format!("latency through {} ({} client)", t.name, CLIENTS[k])
                     })?;
-                per.entry((k, t.name.clone())).or_default().push(run);
+                per.entry(t.name.clone()).or_default()[k].push(run);
             }
         }
     }
+    let direct = per.get("direct");
     let mut out = serde_json::Map::new();
-    for k in 0..CLIENTS.len() {
-        let direct = per.get(&(k, "direct".to_owned()));
-        for ((kk, name), runs) in per.iter().filter(|((kk, _), _)| *kk == k) {
-            let summary = summarize(runs, direct);
-            let entry = out.entry(name.clone()).or_insert_with(|| json!({}));
-            if *kk == 0 {
-                // The hyper client's numbers stay where earlier reports had them.
-                merge(entry, summary);
-            } else {
-                entry[CLIENTS[*kk]] = summary;
-            }
-        }
+    for (name, [hyper, raw]) in &per {
+        // The hyper client's numbers stay where earlier reports had them.
+        let mut entry = summarize(hyper, direct.map(|d| &d[0]));
+        entry[CLIENTS[1]] = summarize(raw, direct.map(|d| &d[1]));
+        out.insert(name.clone(), entry);
     }
     rep.set("latency", Value::Object(out));
     Ok(())
@@ -90,10 +85,7 @@ fn measure(t: &Target, upstream: &[u32], client: usize, requests: usize) -> Resu
     let before = (processes_cpu_ns(&own), processes_cpu_ns(upstream));
     let (mut nanos, client_ns) = match client {
         0 => client::latency_on_own_thread(t.addr, warmup, requests)?,
-        _ => {
-            let s = raw_client::latency_on_own_thread(t.addr, warmup, requests)?;
-            (s.nanos, s.client_cpu_ns)
-        }
+        _ => raw_client::latency_on_own_thread(t.addr, warmup, requests)?,
     };
     let after = (processes_cpu_ns(&own), processes_cpu_ns(upstream));
     let per_req = |b: Option<u64>, a: Option<u64>| {
@@ -132,12 +124,6 @@ fn summarize(runs: &[Run], direct: Option<&Vec<Run>>) -> Value {
     json!({"p50_us": col(0), "p90_us": col(1), "p99_us": col(2), "added_p50_us": added,
         "reps_p50_us": runs.iter().map(|x| x.pct[0]).collect::<Vec<_>>(),
         "cpu_us_per_req": cpu})
-}
-
-fn merge(into: &mut Value, from: Value) {
-    if let (Value::Object(into), Value::Object(from)) = (into, from) {
-        into.extend(from);
-    }
 }
 
 #[cfg(test)]

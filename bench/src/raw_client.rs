@@ -15,31 +15,28 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 
 use crate::client::NODE;
-use crate::cpu::thread_cpu_ns;
+use crate::cpu::per_request;
 use crate::upstream::FIXED_LEN;
 
-/// Samples in nanoseconds, and the client thread's CPU time per request (all requests,
-/// warm-up included, in nanoseconds).
-pub struct Samples {
-    pub nanos: Vec<u64>,
-    pub client_cpu_ns: f64,
-}
-
 /// `n` sequential GETs of `/fixed` (after `warmup`) on one keep-alive connection, on a
-/// thread of its own (created by the caller's thread, so it inherits its CPU pinning).
-pub fn latency_on_own_thread(addr: SocketAddr, warmup: usize, n: usize) -> Result<Samples> {
+/// thread of its own (created by the caller's thread, so it inherits its CPU pinning):
+/// each one's nanoseconds, and the thread's CPU time per request, warm-up included
+/// (nanoseconds), as the hyper client returns them.
+pub fn latency_on_own_thread(addr: SocketAddr, warmup: usize, n: usize) -> Result<(Vec<u64>, f64)> {
     std::thread::Builder::new()
         .name("raw-latency-client".into())
-        .spawn(move || latency(addr, warmup, n))
+        .spawn(move || {
+            let (samples, cpu) = per_request(warmup + n, || latency(addr, warmup, n));
+            Ok((samples?, cpu))
+        })
         .context("starting the raw latency client's thread")?
         .join()
         .map_err(|_| anyhow::anyhow!("the raw latency client's thread panicked"))?
 }
 
-fn latency(addr: SocketAddr, warmup: usize, n: usize) -> Result<Samples> {
+fn latency(addr: SocketAddr, warmup: usize, n: usize) -> Result<Vec<u64>> {
     let mut conn = Conn::open(addr)?;
     let mut nanos = Vec::with_capacity(n);
-    let cpu_before = thread_cpu_ns();
     for i in 0..warmup + n {
         let t = Instant::now();
         conn.get_fixed()
@@ -48,11 +45,7 @@ fn latency(addr: SocketAddr, warmup: usize, n: usize) -> Result<Samples> {
             nanos.push(t.elapsed().as_nanos() as u64);
         }
     }
-    let cpu = thread_cpu_ns().saturating_sub(cpu_before);
-    Ok(Samples {
-        nanos,
-        client_cpu_ns: cpu as f64 / (warmup + n).max(1) as f64,
-    })
+    Ok(nanos)
 }
 
 /// Room for one response: the fixed one is about 1.1 KB.
@@ -192,8 +185,8 @@ mod against_a_server {
 
     #[test]
     fn sequential_requests_on_one_connection() {
-        let s = latency_on_own_thread(serve(12), 2, 10).unwrap();
-        assert_eq!(s.nanos.len(), 10);
-        assert!(s.nanos.iter().all(|&n| n > 0));
+        let (nanos, _) = latency_on_own_thread(serve(12), 2, 10).unwrap();
+        assert_eq!(nanos.len(), 10);
+        assert!(nanos.iter().all(|&n| n > 0));
     }
 }
