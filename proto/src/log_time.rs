@@ -39,6 +39,12 @@ impl CachedSecondTime {
         // Writing into a `String` cannot fail.
         let _ = write_now(buf);
     }
+
+    /// Appends `time` to `buf` in the same format (for lines made after the event, see
+    /// `crate::log_writer::Deferred`).
+    pub fn push_time(buf: &mut String, time: SystemTime) {
+        let _ = write_time(buf, time);
+    }
 }
 
 impl FormatTime for CachedSecondTime {
@@ -48,9 +54,11 @@ impl FormatTime for CachedSecondTime {
 }
 
 fn write_now(w: &mut impl fmt::Write) -> fmt::Result {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    write_time(w, SystemTime::now())
+}
+
+fn write_time(w: &mut impl fmt::Write, time: SystemTime) -> fmt::Result {
+    let now = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = now.as_secs();
     SECOND.with(|cell| {
         let mut cached = cell.borrow_mut();
@@ -76,6 +84,17 @@ mod tests {
             .format_time(&mut Writer::new(&mut s))
             .unwrap();
         s
+    }
+
+    #[test]
+    fn a_given_time_is_written_exactly() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_795_849_152_123_456);
+        let mut s = String::new();
+        CachedSecondTime::push_time(&mut s, t);
+        assert_eq!(s, "2026-11-28T06:59:12.123456Z");
+        // The second's cache is per thread: a second time in the same second reuses it.
+        CachedSecondTime::push_time(&mut s, t + Duration::from_micros(1));
+        assert_eq!(s, "2026-11-28T06:59:12.123456Z2026-11-28T06:59:12.123457Z");
     }
 
     #[test]

@@ -19,7 +19,7 @@ use tether_proto::headers::{strip_hop_by_hop, X_FORWARDED_FOR, X_FORWARDED_PROTO
 use tether_proto::ErrorCode;
 use tracing::{debug, Instrument, Span};
 
-use crate::access_log::AccessLine;
+use crate::access_log::AccessRecord;
 use crate::metrics::Metrics;
 use crate::registry::Lease;
 use crate::tunnel::Link;
@@ -80,7 +80,8 @@ impl BodyObserver for Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        let elapsed = self.started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
         let m = &self.lease.tunnel().handle.metrics;
         let bytes_in = self
             .bytes_in
@@ -93,19 +94,20 @@ impl Drop for Completion {
             self.metrics.error(code);
         }
         let t = self.lease.tunnel();
-        AccessLine {
-            node: t.identity.node.as_str(),
-            cluster: t.identity.cluster.as_str(),
+        AccessRecord {
+            node: t.identity.node.clone(),
+            cluster: t.identity.cluster.clone(),
             conn: t.conn_id,
             stream: self.stream,
-            method: self.method.as_str(),
-            path: &self.path,
+            method: std::mem::take(&mut self.method),
+            path: std::mem::take(&mut self.path),
             status: self.status,
             duration_ms: elapsed.as_micros() as f64 / 1e3,
             bytes_in,
             bytes_out: self.bytes_out,
             complete: self.complete,
             error: self.error.map(ErrorCode::as_str),
+            at: now,
         }
         .log();
     }
