@@ -53,7 +53,8 @@ pub trait DeferredFields: Send + 'static {
 }
 
 /// Hands the line to the log writer, which makes its text later in its batch. Gives
-/// `fields` back when the caller must log through `tracing` instead, as [`line`] does.
+/// `fields` back when the caller must log through `tracing` instead: no direct output
+/// installed, or a span current.
 pub fn defer<F: DeferredFields>(
     level: Level,
     target: &'static str,

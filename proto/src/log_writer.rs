@@ -54,6 +54,7 @@ pub struct BatchClock {
 }
 
 impl BatchClock {
+    /// Both clocks, read now.
     pub fn now() -> Self {
         BatchClock {
             wall: SystemTime::now(),
@@ -66,8 +67,9 @@ impl BatchClock {
         self.mono
     }
 
-    /// The wall-clock time of `at` (an instant before the batch was taken). Lines wait at
-    /// most [`FLUSH_INTERVAL`], so a slewing wall clock moves this by microseconds at most.
+    /// The wall-clock time of `at` (an instant before the batch was taken). A line waits
+    /// about [`FLUSH_INTERVAL`]: a slewing wall clock moves its time by microseconds, and
+    /// only a step of the wall clock in that window moves it more.
     pub fn wall(&self, at: Instant) -> SystemTime {
         let ago = self.mono.saturating_duration_since(at);
         self.wall.checked_sub(ago).unwrap_or(self.wall)
