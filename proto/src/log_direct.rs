@@ -86,9 +86,8 @@ struct DeferredLine<F> {
     fields: F,
 }
 
-impl<F: DeferredFields> DeferredLine<F> {
-    /// The line's text, with its timestamp from `clock`, appended to `out`.
-    fn render_into(&self, clock: &BatchClock, out: &mut String) {
+impl<F: DeferredFields> Deferred for DeferredLine<F> {
+    fn render(&self, clock: &BatchClock, out: &mut String) {
         let time = clock.wall(self.fields.at());
         let buf = std::mem::take(out);
         let mut line = Line::start(
@@ -101,12 +100,6 @@ impl<F: DeferredFields> DeferredLine<F> {
         );
         self.fields.fields(&mut line);
         *out = line.into_text();
-    }
-}
-
-impl<F: DeferredFields> Deferred for DeferredLine<F> {
-    fn render(&self, clock: &BatchClock, out: &mut String) {
-        self.render_into(clock, out);
     }
 }
 
@@ -347,7 +340,7 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(5));
             let clock = BatchClock::now();
             let mut out = String::new();
-            d.render_into(&clock, &mut out);
+            d.render(&clock, &mut out);
             let mut direct = Line::new(format, Level::INFO, TARGET, "request");
             d.fields.fields(&mut direct);
             assert_eq!(untimed(&out), untimed(&direct.into_text()), "{format:?}");

@@ -187,7 +187,7 @@ fn run<W: Write>(shared: &Shared, mut out: W) {
             b.clear();
             b.shrink_to(FLUSH_AT);
         }
-        deferred.clear();
+        // `render` drained it; keep no more room than a flush's worth.
         deferred.shrink_to(FLUSH_AT / DEFERRED_BYTES);
     }
 }

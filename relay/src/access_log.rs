@@ -13,7 +13,12 @@ use tether_proto::identity::Id;
 use tether_proto::log_direct::{self, DeferredFields, Line};
 use tracing::{info, Level};
 
-/// One request's line, owning what it says, for the log writer to make later.
+/// The line's target and message, as the `tracing` event below has them.
+const TARGET: &str = module_path!();
+const MESSAGE: &str = "request";
+
+/// One request's line, owning what it says, for the log writer to make later: the one
+/// place that knows the fields' names and order, for both paths.
 #[derive(Debug)]
 pub struct AccessRecord {
     pub node: Id,
@@ -23,6 +28,7 @@ pub struct AccessRecord {
     pub method: http::Method,
     pub path: String,
     pub status: u16,
+    /// Whole microseconds over 1,000, so the line reads 0.412, not 0.41200000000000003.
     pub duration_ms: f64,
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -39,79 +45,7 @@ impl AccessRecord {
             return;
         }
         if let Err(record) = log_direct::defer(Level::INFO, TARGET, MESSAGE, self) {
-            record.line().event();
-        }
-    }
-
-    fn line(&self) -> AccessLine<'_> {
-        AccessLine {
-            node: self.node.as_str(),
-            cluster: self.cluster.as_str(),
-            conn: self.conn,
-            stream: self.stream,
-            method: self.method.as_str(),
-            path: &self.path,
-            status: self.status,
-            duration_ms: self.duration_ms,
-            bytes_in: self.bytes_in,
-            bytes_out: self.bytes_out,
-            complete: self.complete,
-            error: self.error,
-        }
-    }
-}
-
-impl DeferredFields for AccessRecord {
-    fn at(&self) -> Instant {
-        self.at
-    }
-
-    fn fields(&self, line: &mut Line) {
-        self.line().fields(line);
-    }
-}
-
-/// What the line says about one request, borrowed: the one place that knows the fields'
-/// names and order, for both paths.
-#[derive(Debug, Clone, Copy)]
-struct AccessLine<'a> {
-    pub node: &'a str,
-    pub cluster: &'a str,
-    pub conn: u64,
-    pub stream: Option<u64>,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    /// Whole microseconds over 1,000, so the line reads 0.412, not 0.41200000000000003.
-    pub duration_ms: f64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub complete: bool,
-    pub error: Option<&'static str>,
-}
-
-/// The line's target and message, as the `tracing` event below has them.
-const TARGET: &str = module_path!();
-const MESSAGE: &str = "request";
-
-impl AccessLine<'_> {
-    /// The fields, in the order [`Self::event`] records them.
-    fn fields(&self, l: &mut Line) {
-        l.str("node", self.node)
-            .str("cluster", self.cluster)
-            .u64("conn", self.conn);
-        if let Some(stream) = self.stream {
-            l.u64("stream", stream);
-        }
-        l.str("method", self.method)
-            .str("path", self.path)
-            .u64("status", self.status.into())
-            .f64("duration_ms", self.duration_ms)
-            .u64("bytes_in", self.bytes_in)
-            .u64("bytes_out", self.bytes_out)
-            .bool("complete", self.complete);
-        if let Some(error) = self.error {
-            l.str("error", error);
+            record.event();
         }
     }
 
@@ -120,11 +54,11 @@ impl AccessLine<'_> {
     /// span too.
     fn event(&self) {
         info!(
-            node = self.node,
-            cluster = self.cluster,
+            node = self.node.as_str(),
+            cluster = self.cluster.as_str(),
             conn = self.conn,
             stream = self.stream,
-            method = self.method,
+            method = self.method.as_str(),
             path = self.path,
             status = self.status,
             duration_ms = self.duration_ms,
@@ -134,6 +68,32 @@ impl AccessLine<'_> {
             error = self.error,
             "request"
         );
+    }
+}
+
+impl DeferredFields for AccessRecord {
+    fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// The fields, in the order [`AccessRecord::event`] records them.
+    fn fields(&self, l: &mut Line) {
+        l.str("node", self.node.as_str())
+            .str("cluster", self.cluster.as_str())
+            .u64("conn", self.conn);
+        if let Some(stream) = self.stream {
+            l.u64("stream", stream);
+        }
+        l.str("method", self.method.as_str())
+            .str("path", &self.path)
+            .u64("status", self.status.into())
+            .f64("duration_ms", self.duration_ms)
+            .u64("bytes_in", self.bytes_in)
+            .u64("bytes_out", self.bytes_out)
+            .bool("complete", self.complete);
+        if let Some(error) = self.error {
+            l.str("error", error);
+        }
     }
 }
 
@@ -157,9 +117,7 @@ mod tests {
     fn both_ways(r: &AccessRecord, format: LogFormat) -> (String, String) {
         let out = Capture::default();
         let info = tracing_subscriber::EnvFilter::new("info");
-        tracing::dispatcher::with_default(&subscriber(format, info, out.clone()), || {
-            r.line().event()
-        });
+        tracing::dispatcher::with_default(&subscriber(format, info, out.clone()), || r.event());
         let theirs = out.text();
         let mut line = Line::new(format, Level::INFO, TARGET, MESSAGE);
         r.fields(&mut line);
